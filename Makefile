@@ -1,0 +1,27 @@
+# Quick start: `make demo` (set-up + the whole workflow on a small dataset) and `make test` (set-up + tests).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint clean
+
+# A virtual environment with nnunetv2_mapo installed the way users install it (a regular, non-editable install,
+# which ships the start-up hook that lets nnU-Net find the trainers). torch comes from pip's normal resolution.
+setup:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q ".[test]"
+	@rm -rf build
+	@$(BIN)/nnunetv2_mapo doctor --skip-paths
+
+demo: setup
+	$(BIN)/nnunetv2_mapo demo --workdir demo_run
+
+lint: setup
+	$(BIN)/ruff check .
+
+test: setup lint
+	cd tests && ../$(BIN)/pytest -q -p no:cacheprovider .
+
+clean:
+	rm -rf $(VENV) build *.egg-info demo_run
