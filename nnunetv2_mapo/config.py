@@ -70,7 +70,7 @@ MAPO_SETTINGS: tuple[Setting, ...] = (
             "lambda: weight of the DPO term added to Dice+CE"),
     Setting("mapo_loss_type", "str", f"one of {list(LOSS_TYPES)}", lambda v: v in LOSS_TYPES, "sigmoid",
             "preference loss: DPO ('sigmoid'), IPO or hinge"),
-    Setting("mapo_pairs_per_step", "optional_int", "an integer >= 1, or null (a quarter of the batch size)",
+    Setting("mapo_pairs_per_step", "optional_int", "an integer >= 1, or null (ceil(batch size / 4))",
             lambda v: v is None or v >= 1, None, "preference pairs added to each training step"),
     Setting("mapo_cases_per_round", "optional_int", "an integer >= 1, or null (all training cases)",
             lambda v: v is None or v >= 1, 100, "training cases sampled per round (bounds round time and memory)"),

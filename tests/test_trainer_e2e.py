@@ -84,12 +84,30 @@ def test_bad_setting_stops_before_training(ws2d: Workspace) -> None:
                                            "checkpoint_final.pth"))
 
 
-def test_pretrained_weights_from_plain_trainer(ws2d: Workspace) -> None:
-    ws2d.train(901, "2d", 2, "nnUNetTrainer_1epoch", "cpu")
-    plain = os.path.join(ws2d.output_folder(901, "nnUNetTrainer_1epoch", "2d", 2), "checkpoint_final.pth")
+def _plain_checkpoint(workspace: Workspace, dataset_id: int, configuration: str, target: str) -> str:
+    """A checkpoint of nnU-Net's own nnUNetTrainer network (what -pretrained_weights reads: 'network_weights')."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    folder = os.path.join(workspace.preprocessed, workspace.dataset_name(dataset_id))
+    plans = PlansManager(os.path.join(folder, "nnUNetPlans.json"))
+    dataset_json = load_json(os.path.join(folder, "dataset.json"))
+    configuration_manager = plans.get_configuration(configuration)
+    network = nnUNetTrainer.build_network_architecture(
+        plans, configuration_manager, determine_num_input_channels(plans, configuration_manager, dataset_json),
+        plans.get_label_manager(dataset_json).num_segmentation_heads, True)
+    torch.save({"network_weights": network.state_dict()}, target)
+    return target
+
+
+def test_pretrained_weights_from_plain_trainer(ws2d: Workspace, tmp_path: Path) -> None:
+    plain = _plain_checkpoint(ws2d, 901, "2d", str(tmp_path / "plain.pth"))
     output = ws2d.train(901, "2d", 2, "nnUNetTrainerMAPO_NoWarmup", "cpu",
                         {"num_epochs": 2, "num_iterations_per_epoch": 4, "num_val_iterations_per_epoch": 1},
                         extra_args=["-pretrained_weights", plain])
+    assert "Loading pretrained weights" in output
     assert "MAPO round 0 (epoch 0)" in output
     mapo = _checkpoint(os.path.join(ws2d.output_folder(901, "nnUNetTrainerMAPO_NoWarmup", "2d", 2),
                                     "checkpoint_final.pth"))

@@ -1,0 +1,129 @@
+"""In-process tests of nnUNetTrainerMAPO's hooks on a small preprocessed synthetic dataset."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunetv2_mapo.checkpointing import MAPOStateError
+from nnunetv2_mapo.config import MAPOConfigError
+from nnunetv2_mapo.dropout import find_injector
+from nnunetv2_mapo.pipeline import Workspace
+from nnunetv2_mapo.synthetic import write_synthetic_dataset
+from nnunetv2_mapo.trainer import nnUNetTrainerMAPO, nnUNetTrainerMAPO_IPO, nnUNetTrainerMAPO_NoWarmup
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Workspace:
+    ws = Workspace(str(tmp_path_factory.mktemp("trainer")))
+    write_synthetic_dataset(ws.raw, 905, "TrainerToy", dim=2, num_cases=10, shape=(48, 48), seed=5)
+    ws.plan_and_preprocess(905, ["2d"])
+    return ws
+
+
+@pytest.fixture
+def make_trainer(workspace: Workspace, monkeypatch):
+    for key, value in workspace.environment({"nnUNet_n_proc_DA": "0"}).items():
+        if key.startswith("nnUNet"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.delenv("nnUNet_mapo_config", raising=False)
+    folder = os.path.join(workspace.preprocessed, "Dataset905_TrainerToy")
+
+    def make(cls=nnUNetTrainerMAPO, fold: int = 0, continue_training: bool = False, **settings):
+        plans = load_json(os.path.join(folder, "nnUNetPlans.json"))
+        plans["continue_training"] = continue_training
+        trainer = cls(plans, "2d", fold, load_json(os.path.join(folder, "dataset.json")), torch.device("cpu"))
+        for name, value in settings.items():
+            setattr(trainer, name, value)
+        return trainer
+
+    return make
+
+
+def test_network_keys_equal_plain_network(make_trainer) -> None:
+    trainer = make_trainer()
+    trainer.initialize()
+    plain = nnUNetTrainer.build_network_architecture(
+        trainer.plans_manager, trainer.configuration_manager, trainer.num_input_channels,
+        trainer.label_manager.num_segmentation_heads, True)
+    assert list(trainer.network.state_dict()) == list(plain.state_dict())
+    plain.load_state_dict(trainer.network.state_dict(), strict=True)
+    assert find_injector(trainer.network).hooked_modules
+
+
+def test_settings_from_environment_and_bad_values(make_trainer, monkeypatch) -> None:
+    monkeypatch.setenv("nnUNet_mapo_config", json.dumps({"mapo_beta": 0.25, "num_epochs": 20}))
+    trainer = make_trainer()
+    trainer.initialize()
+    assert trainer.mapo_beta == 0.25 and trainer.num_epochs == 20
+    assert trainer.mapo_warmup_epochs == 2  # derived: 10% of num_epochs
+    assert trainer.loss.preference_loss.beta == 0.25
+
+    monkeypatch.setenv("nnUNet_mapo_config", json.dumps({"mapo_num_hypotheses": 1}))
+    bad = make_trainer(fold=1)
+    with pytest.raises(MAPOConfigError, match="mapo_num_hypotheses"):
+        bad.initialize()
+    assert bad.network is None and bad.dataloader_train is None  # refused before building anything
+
+
+def test_variant_attributes_are_validated_too(make_trainer) -> None:
+    trainer = make_trainer(nnUNetTrainerMAPO_IPO)
+    trainer.initialize()
+    assert trainer.loss.preference_loss.loss_type == "ipo"
+    with pytest.raises(MAPOConfigError, match="mapo_warmup_epochs"):
+        make_trainer(mapo_warmup_epochs=1000, num_epochs=1000).initialize()
+
+
+def test_round_schedule(make_trainer) -> None:
+    trainer = make_trainer(mapo_warmup_epochs=3, mapo_regen_every=5, num_epochs=30)
+    trainer.initialize()
+    assert [e for e in range(15) if trainer.mapo_round_due(e)] == list(range(3, 15))  # no set yet: all due
+    trainer.mapo_preference_set = object()  # once a set exists, rounds follow the schedule
+    assert [e for e in range(15) if trainer.mapo_round_due(e)] == [3, 8, 13]
+    no_warmup = make_trainer(nnUNetTrainerMAPO_NoWarmup, num_epochs=10)
+    no_warmup.initialize()
+    assert no_warmup.mapo_round_due(0)
+
+
+def test_round_step_and_state_round_trip(make_trainer) -> None:
+    trainer = make_trainer(mapo_warmup_epochs=0, num_epochs=5, mapo_cases_per_round=4, mapo_num_hypotheses=4,
+                           mapo_pair_margin=0.0)
+    trainer.on_train_start()
+    try:
+        pairs = trainer.run_preference_round()
+        assert pairs.num_items == 4 and trainer.mapo_round_index == 1
+        assert len(pairs) >= 1
+        assert bool((pairs.chosen_dice >= pairs.rejected_dice).all())
+
+        trainer.network.train()
+        result = trainer.train_step(next(trainer.dataloader_train))
+        assert math.isfinite(result["mapo_dpo_loss"]) and 0 <= result["mapo_reward_accuracy"] <= 1
+        # policy == reference at the start of a round (InstanceNorm): rewards start at zero
+        assert abs(result["mapo_rewards_chosen"]) < 1e-3 and abs(result["mapo_rewards_rejected"]) < 1e-3
+
+        state = trainer.mapo_state_dict()
+        other = make_trainer(fold=1)
+        other.initialize()
+        other.load_mapo_state_dict(state)
+        assert other.mapo_round_index == 1 and len(other.mapo_preference_set) == len(pairs)
+        assert torch.equal(other.mapo_preference_set.chosen, pairs.chosen)
+        with pytest.raises(MAPOStateError):
+            other.load_mapo_state_dict({"round_index": 1})
+    finally:
+        trainer.on_train_end()
+
+
+def test_continue_from_foreign_checkpoint_is_refused(make_trainer, tmp_path) -> None:
+    trainer = make_trainer()
+    trainer.initialize()
+    path = str(tmp_path / "checkpoint_latest.pth")
+    nnUNetTrainer.save_checkpoint(trainer, path)  # what a plain nnUNetTrainer writes: no MAPO state beside it
+    fresh = make_trainer(fold=1)
+    with pytest.raises(MAPOStateError, match="-pretrained_weights"):
+        fresh.load_checkpoint(path)
