@@ -214,7 +214,8 @@ def generate_preference_set(
             data_all, target_all, keys_all = batch["data"], batch["target"], list(batch["keys"])
             for start in range(0, data_all.shape[0], max(1, items_per_forward)):
                 stop = start + max(1, items_per_forward)
-                data = data_all[start:stop].to(device)
+                # Rounded to the float16 the set stores, so the reference sees exactly what the policy will see.
+                data = data_all[start:stop].to(device).half().float()
                 target = target_all[start:stop].to(device)
                 n = data.shape[0]
                 num_items += n
