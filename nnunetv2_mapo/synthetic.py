@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-KINDS = ("labels", "regions", "ignore")
+KINDS = ("labels", "regions", "ignore", "regions_ignore")
 
 
 def _case(rng: np.random.RandomState, shape: Sequence[int], num_classes: int, empty: bool
@@ -58,8 +58,8 @@ def write_synthetic_dataset(
         shape: Spatial shape (default 64x64 or 32x40x32); for ``dim=2`` a 2-tuple.
         num_channels: Input channels (modalities); the extra ones are noisier copies.
         num_classes: Foreground classes, 1 or 2.
-        kind: ``'labels'``, ``'regions'`` (regions {1,2} and {2}, needs ``num_classes=2``) or ``'ignore'`` (an
-            ignore label over a band of each image).
+        kind: ``'labels'``, ``'regions'`` (regions {1,2} and {2}, needs ``num_classes=2``), ``'ignore'`` (an
+            ignore label over a band of each image) or ``'regions_ignore'`` (both).
         num_empty_cases: Cases with no foreground at all.
         spacing: Voxel spacing in mm, in array axis order.
         noise: Standard deviation of the image noise (object contrast is 1).
@@ -75,7 +75,7 @@ def write_synthetic_dataset(
         raise ValueError(f"Unknown kind {kind!r}; allowed values: {list(KINDS)}.")
     if dim not in (2, 3):
         raise ValueError(f"dim must be 2 or 3, got {dim}.")
-    if num_classes not in (1, 2) or (kind == "regions" and num_classes != 2):
+    if num_classes not in (1, 2) or (kind.startswith("regions") and num_classes != 2):
         raise ValueError("num_classes must be 1 or 2 (2 for region-based datasets).")
     shape = tuple(shape or ((64, 64) if dim == 2 else (32, 40, 32)))
     if len(shape) != dim:
@@ -90,7 +90,7 @@ def write_synthetic_dataset(
     ignore_value = num_classes + 1
     for index in range(num_cases):
         seg, distance = _case(rng, shape, num_classes, empty=index < num_empty_cases)
-        if kind == "ignore":
+        if kind.endswith("ignore"):
             band = rng.randint(0, shape[0] - shape[0] // 4)
             seg[band:band + shape[0] // 4] = ignore_value
         contrast = np.clip(1.5 - distance, 0, 1)  # soft object edges
@@ -111,10 +111,10 @@ def write_synthetic_dataset(
         "name": name,
         "description": "Synthetic ellipses for nnunetv2_mapo tests and demo",
     }
-    if kind == "regions":
+    if kind.startswith("regions"):
         dataset_json["labels"] = {"background": 0, "whole": [1, 2], "core": 2}
         dataset_json["regions_class_order"] = [1, 2]
-    if kind == "ignore":
+    if kind.endswith("ignore"):
         dataset_json["labels"]["ignore"] = ignore_value
     with open(os.path.join(folder, "dataset.json"), "w", encoding="utf-8") as handle:
         json.dump(dataset_json, handle, indent=2)

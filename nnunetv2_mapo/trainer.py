@@ -49,6 +49,10 @@ EPOCH_LOG_KEYS = (
 )
 
 
+class MAPOUnsupportedError(RuntimeError):
+    """The dataset or configuration is one MAPO refuses (see docs/usage.md, 'Supported datasets')."""
+
+
 class _FixedKeysLoader(nnUNetDataLoader):
     """nnU-Net's loader, but for given cases, one foreground-centred patch each (no augmentation)."""
 
@@ -71,6 +75,12 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_cascaded:
+            raise MAPOUnsupportedError(
+                f"nnUNetTrainerMAPO does not support the cascade: configuration '{configuration}' takes the "
+                f"predictions of '{self.configuration_manager.previous_stage_name}' as input, and MAPO's preference "
+                f"rounds have not been validated with them. Train '3d_fullres' (or '3d_lowres') with "
+                f"nnUNetTrainerMAPO, or the cascade with nnUNetTrainer.")
         for setting in MAPO_SETTINGS:
             setattr(self, setting.name, setting.default)
         self.mapo_env_overrides: dict = {}

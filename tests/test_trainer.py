@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 
 import pytest
 import torch
@@ -127,3 +128,24 @@ def test_continue_from_foreign_checkpoint_is_refused(make_trainer, tmp_path) -> 
     fresh = make_trainer(fold=1)
     with pytest.raises(MAPOStateError, match="-pretrained_weights"):
         fresh.load_checkpoint(path)
+
+
+def test_round_without_pairs_warns_once_and_trains_on_dice_ce(make_trainer) -> None:
+    trainer = make_trainer(mapo_warmup_epochs=0, num_epochs=5, mapo_cases_per_round=3, mapo_num_hypotheses=2,
+                           mapo_pair_margin=1.0, mapo_dropout_rates=[0.0])
+    trainer.on_train_start()
+    try:
+        with pytest.warns(RuntimeWarning, match="no item yielded a preference pair"):
+            empty = trainer.run_preference_round()
+        assert len(empty) == 0 and empty.num_items == 3
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            trainer.run_preference_round()  # the warning is given once per run
+        trainer.network.train()
+        result = trainer.train_step(next(trainer.dataloader_train))
+        assert math.isnan(result["mapo_dpo_loss"]) and math.isfinite(float(result["loss"]))
+        trainer.on_train_epoch_end([result])
+        assert trainer.logger.get_value("mapo_num_pairs", step=-1) == 0
+        assert trainer.logger.get_value("mapo_skipped_steps", step=-1) == 0
+    finally:
+        trainer.on_train_end()

@@ -63,6 +63,10 @@ def test_train_and_predict_2d(ws2d: Workspace, tmp_path: Path) -> None:
     assert all(math.isfinite(v) for v in logging["mapo_dpo_loss"][1:])
     assert math.isfinite(logging["mapo_regen_seconds"][1]) and math.isnan(logging["mapo_regen_seconds"][2])
 
+    # --val re-runs nnU-Net's validation from checkpoint_final (MAPO state present), --npz adds probabilities
+    ws2d.train(901, "2d", 0, "nnUNetTrainerMAPO", "cpu", TINY, extra_args=["--val", "--npz"])
+    assert list(Path(fold, "validation").glob("*.npz"))
+
     # nnUNetv2_predict finds the trainer from the checkpoint and predicts deterministically (dropout off).
     cases = ws2d.validation_cases(901, 0)[:2]
     images = ws2d.stage_images(901, cases, str(tmp_path / "in"))
