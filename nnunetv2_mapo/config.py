@@ -70,7 +70,7 @@ MAPO_SETTINGS: tuple[Setting, ...] = (
             "lambda: weight of the DPO term added to Dice+CE"),
     Setting("mapo_loss_type", "str", f"one of {list(LOSS_TYPES)}", lambda v: v in LOSS_TYPES, "sigmoid",
             "preference loss: DPO ('sigmoid'), IPO or hinge"),
-    Setting("mapo_pairs_per_step", "optional_int", "an integer >= 1, or null (ceil(batch size / 4))",
+    Setting("mapo_pairs_per_step", "optional_int", "an integer >= 1, or null (ceil(batch size / 8))",
             lambda v: v is None or v >= 1, None, "preference pairs added to each training step"),
     Setting("mapo_cases_per_round", "optional_int", "an integer >= 1, or null (all training cases)",
             lambda v: v is None or v >= 1, 100, "training cases sampled per round (bounds round time and memory)"),
@@ -220,7 +220,7 @@ def resolve_and_check(values: dict[str, Any], batch_size: int) -> dict[str, Any]
             f"Lower mapo_warmup_epochs or raise num_epochs."
         )
     if resolved["mapo_pairs_per_step"] is None:
-        resolved["mapo_pairs_per_step"] = max(1, int(math.ceil(batch_size / 4)))
+        resolved["mapo_pairs_per_step"] = max(1, int(math.ceil(batch_size / 8)))
     if resolved["mapo_round_batch_size"] is None:
         resolved["mapo_round_batch_size"] = batch_size * resolved["mapo_num_hypotheses"]
     return resolved

@@ -278,7 +278,7 @@ def test_resolve_fills_derived_defaults():
     values = defaults() | {"num_epochs": 100}
     resolved = resolve_and_check(values, batch_size=6)
     assert resolved["mapo_warmup_epochs"] == 10  # 10% of num_epochs
-    assert resolved["mapo_pairs_per_step"] == 2  # ceil(6 / 4)
+    assert resolved["mapo_pairs_per_step"] == 1  # ceil(6 / 8)
     assert resolved["mapo_round_batch_size"] == 6 * 8  # batch size x K
     assert resolved["mapo_cases_per_round"] == 100
     assert None not in resolved.values()
@@ -286,8 +286,8 @@ def test_resolve_fills_derived_defaults():
     assert set(resolved) == set(ALL_SETTINGS)
 
 
-@pytest.mark.parametrize(("batch_size", "pairs"), [(1, 1), (2, 1), (4, 1), (5, 2), (8, 2), (9, 3)])
-def test_pairs_per_step_is_a_quarter_of_the_batch_at_least_one(batch_size, pairs):
+@pytest.mark.parametrize(("batch_size", "pairs"), [(1, 1), (2, 1), (8, 1), (9, 2), (10, 2), (16, 2), (17, 3)])
+def test_pairs_per_step_is_an_eighth_of_the_batch_at_least_one(batch_size, pairs):
     assert resolve_and_check(defaults(), batch_size)["mapo_pairs_per_step"] == pairs
 
 
