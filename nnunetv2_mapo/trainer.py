@@ -29,6 +29,13 @@ from torch import nn
 from nnunetv2_mapo import __version__
 from nnunetv2_mapo.checkpointing import MAPOStateError, atomic_path, load_state, save_with_state
 from nnunetv2_mapo.config import ALL_SETTINGS, ENV_VAR, MAPO_SETTINGS, config_from_environment, resolve_and_check
+from nnunetv2_mapo.distributed import (
+    assert_same_on_all_ranks,
+    gather_preference_set,
+    gather_step_stats,
+    parameters_fingerprint,
+    shard_cases,
+)
 from nnunetv2_mapo.dpo import DPOLoss
 from nnunetv2_mapo.dropout import find_injector, inject_dropout, unwrap
 from nnunetv2_mapo.loss import STEP_STAT_KEYS, MAPOLoss
@@ -169,10 +176,12 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
             rng = np.random.RandomState((self.mapo_seed + 7919 * self.mapo_round_index) % 2**32)
             keys = sorted(rng.choice(keys, limit, replace=False).tolist())
         if self.is_ddp:  # each rank scores its share; the parts are gathered afterwards
-            keys = keys[dist.get_rank()::dist.get_world_size()]
+            keys = shard_cases(keys, dist.get_rank(), dist.get_world_size())
         return keys
 
     def _round_batches(self, keys: list[str], items_per_batch: int):
+        if not keys:  # a rank with no share of the cases (more ranks than cases)
+            return
         dataset = self.dataset_class(self.preprocessed_dataset_folder, keys,
                                      folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
         lm = self.label_manager
@@ -195,6 +204,8 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         items_per_forward = max(1, self.mapo_round_batch_size // self.mapo_num_hypotheses)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(self.mapo_seed + 1000003 * self.mapo_round_index + self.local_rank)
+        # Every rank computes reference log-likelihoods for its share: the weights must be identical (no-op w/o DDP).
+        assert_same_on_all_ranks(parameters_fingerprint(unwrap(self.network)), "network parameters at a MAPO round")
         numpy_state = np.random.get_state()  # nnU-Net's patch sampling uses the global numpy generator
         np.random.seed((self.mapo_seed + 7919 * self.mapo_round_index + self.local_rank) % 2**32)
         try:
@@ -204,10 +215,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
                 items_per_forward, self.device, generator, self.mapo_round_index, self.current_epoch)
         finally:
             np.random.set_state(numpy_state)
-        if self.is_ddp:
-            parts = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, preference_set)
-            preference_set = PreferenceSet.concatenate(parts)
+        preference_set = gather_preference_set(preference_set)  # all ranks end with the same set
         seconds = time() - started
         self.mapo_preference_set = preference_set
         self.mapo_round_index += 1
@@ -252,11 +260,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
 
     def on_train_epoch_end(self, train_outputs: list[dict]):
         super().on_train_epoch_end(train_outputs)
-        step_stats = {key: [float(o[key]) for o in train_outputs] for key in STEP_STAT_KEYS}
-        if self.is_ddp:
-            gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, step_stats)
-            step_stats = {key: [v for part in gathered for v in part[key]] for key in STEP_STAT_KEYS}
+        step_stats = gather_step_stats({key: [float(o[key]) for o in train_outputs] for key in STEP_STAT_KEYS})
         active = self.mapo_preference_set is not None
         skipped = [v for v in step_stats["mapo_skipped_nonfinite"] if not math.isnan(v)]
         values = {
