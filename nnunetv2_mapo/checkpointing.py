@@ -64,6 +64,28 @@ def _state_files(checkpoint: str) -> list[str]:
     return [p for p in glob.glob(glob.escape(checkpoint) + ".mapo_e*.pt") if pattern.search(os.path.basename(p))]
 
 
+def write_state(checkpoint: str, epoch: int, state: dict) -> str:
+    """Writes MAPO's state file for ``checkpoint`` holding ``current_epoch == epoch``, atomically.
+
+    Used by :func:`save_with_state`, and on its own to put a state beside a checkpoint that another trainer wrote
+    (for example a shared warm-up that ``nnUNetTrainerMAPO`` continues with ``--c``). States of other epochs are
+    left alone.
+
+    Args:
+        checkpoint: Path of the nnU-Net checkpoint the state belongs to.
+        epoch: The ``current_epoch`` value that checkpoint stores.
+        state: MAPO's state (tensors and plain values, see ``nnUNetTrainerMAPO.mapo_state_dict``).
+
+    Returns:
+        The path of the state file, :func:`state_path` of ``checkpoint`` and ``epoch``.
+    """
+    payload = {"format": STATE_FORMAT, "version": STATE_VERSION, "epoch": int(epoch), "state": state}
+    own = state_path(checkpoint, epoch)
+    with atomic_path(own) as temporary:
+        torch.save(payload, temporary)
+    return own
+
+
 def save_with_state(checkpoint: str, epoch: int, write_checkpoint: Callable[[str], None], state: dict) -> None:
     """Writes MAPO's state, then the checkpoint, both atomically; then drops the states of other epochs.
 
@@ -73,14 +95,16 @@ def save_with_state(checkpoint: str, epoch: int, write_checkpoint: Callable[[str
         write_checkpoint: Writes the checkpoint to the path it is given (nnU-Net's ``save_checkpoint``).
         state: MAPO's state (tensors and plain values).
     """
-    payload = {"format": STATE_FORMAT, "version": STATE_VERSION, "epoch": int(epoch), "state": state}
-    own = state_path(checkpoint, epoch)
-    with atomic_path(own) as temporary:
-        torch.save(payload, temporary)
+    own = write_state(checkpoint, epoch, state)
     with atomic_path(checkpoint) as temporary:
         write_checkpoint(temporary)
+    remove_states(checkpoint, keep=own)
+
+
+def remove_states(checkpoint: str, keep: str | None = None) -> None:
+    """Deletes the MAPO state files of ``checkpoint`` (all, or all but ``keep``)."""
     for stale in _state_files(checkpoint):
-        if os.path.abspath(stale) != os.path.abspath(own):
+        if keep is None or os.path.abspath(stale) != os.path.abspath(keep):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(stale)
 

@@ -1,4 +1,4 @@
-"""The ``nnunetv2_mapo`` command: ``env``, ``doctor``, ``settings``, ``evaluate``, ``demo``."""
+"""The ``nnunetv2_mapo`` command: ``env``, ``doctor``, ``settings``, ``evaluate``, ``demo``, ``benchmark``."""
 
 from __future__ import annotations
 
@@ -42,6 +42,12 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmark(args: argparse.Namespace) -> int:
+    from nnunetv2_mapo.benchmark import run_benchmark_from_args
+
+    return run_benchmark_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``nnunetv2_mapo``."""
     parser = argparse.ArgumentParser(prog="nnunetv2_mapo", description=__doc__)
@@ -70,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "hippocampus (default ../shared/data/...)")
     demo.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
     demo.set_defaults(func=_demo)
+
+    from nnunetv2_mapo.benchmark import add_benchmark_arguments
+
+    benchmark = sub.add_parser("benchmark", help="nnUNetTrainer vs nnUNetTrainerMAPO: same split and budget")
+    add_benchmark_arguments(benchmark)
+    benchmark.set_defaults(func=_benchmark)
 
     return parser
 

@@ -27,7 +27,7 @@ from torch import distributed as dist
 from torch import nn
 
 from nnunetv2_mapo import __version__
-from nnunetv2_mapo.checkpointing import MAPOStateError, atomic_path, load_state, save_with_state
+from nnunetv2_mapo.checkpointing import MAPOStateError, atomic_path, load_state, remove_states, save_with_state
 from nnunetv2_mapo.config import ALL_SETTINGS, ENV_VAR, MAPO_SETTINGS, config_from_environment, resolve_and_check
 from nnunetv2_mapo.distributed import (
     assert_same_on_all_ranks,
@@ -317,6 +317,11 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
                    if self.mapo_settings().get(k) != v}
         if changed:
             self.print_to_log_file(f"MAPO: settings differ from the checkpoint's (saved, now): {changed}")
+
+    def on_train_end(self):
+        super().on_train_end()  # deletes checkpoint_latest.pth; its MAPO state goes with it
+        if self.local_rank == 0 and not self.disable_checkpointing:
+            remove_states(join(self.output_folder, "checkpoint_latest.pth"))
 
     def save_checkpoint(self, filename: str) -> None:
         if self.local_rank != 0 or self.disable_checkpointing:

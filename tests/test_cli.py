@@ -39,4 +39,4 @@ def test_evaluate_reports_missing_folder(tmp_path, capsys) -> None:
 def test_parser_has_every_subcommand() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert {"env", "doctor", "settings", "evaluate", "demo"} <= set(sub.choices)
+    assert {"env", "doctor", "settings", "evaluate", "demo", "benchmark"} <= set(sub.choices)

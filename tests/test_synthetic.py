@@ -54,12 +54,16 @@ def test_dataset_json_for_each_kind(tmp_path, kind):
         assert data["labels"] == {"background": 0, "whole": [1, 2], "core": 2}
         assert data["regions_class_order"] == [1, 2]
         assert manager.has_regions and manager.num_segmentation_heads == 2
+    elif kind == "regions_ignore":
+        assert data["labels"] == {"background": 0, "whole": [1, 2], "core": 2, "ignore": 3}
+        assert manager.has_regions and manager.has_ignore_label and manager.ignore_label == 3
     else:
         assert data["labels"]["ignore"] == 3
         assert manager.has_ignore_label and manager.ignore_label == 3
     seg = np.concatenate([read_seg(folder, i)[0].ravel() for i in range(2)])
-    assert set(np.unique(seg)) <= set(manager.all_labels) | ({3} if kind == "ignore" else set())
-    if kind == "ignore":
+    has_ignore = kind.endswith("ignore")
+    assert set(np.unique(seg)) <= set(manager.all_labels) | ({3} if has_ignore else set())
+    if has_ignore:
         assert (seg == 3).any()
 
 

@@ -49,6 +49,7 @@ def test_train_and_predict_2d(ws2d: Workspace, tmp_path: Path) -> None:
                  "validation/summary.json"):
         assert os.path.isfile(os.path.join(fold, name)), name
     assert not os.path.exists(os.path.join(fold, "checkpoint_latest.pth"))
+    assert not list(Path(fold).glob("checkpoint_latest.pth.mapo_e*.pt"))  # removed with checkpoint_latest.pth
     assert "MAPO round 0 (epoch 1)" in output and "MAPO round 1 (epoch 3)" in output
 
     record = json.load(open(os.path.join(fold, "mapo_config.json")))
