@@ -74,7 +74,7 @@ MAPO_SETTINGS: tuple[Setting, ...] = (
             lambda v: v is None or v >= 1, None, "preference pairs added to each training step"),
     Setting("mapo_cases_per_round", "optional_int", "an integer >= 1, or null (all training cases)",
             lambda v: v is None or v >= 1, 100, "training cases sampled per round (bounds round time and memory)"),
-    Setting("mapo_round_batch_size", "optional_int", "an integer >= 1, or null (batch size x K)",
+    Setting("mapo_round_batch_size", "optional_int", "an integer >= 1, or null (K: one item per pass)",
             lambda v: v is None or v >= 1, None, "forward passes batched together while sampling hypotheses"),
     Setting("mapo_seed", "int", "an integer >= 0", lambda v: v >= 0, 12345,
             "seed of the preference rounds (patch choice, dropout masks, pair sampling)"),
@@ -202,7 +202,7 @@ def resolve_and_check(values: dict[str, Any], batch_size: int) -> dict[str, Any]
 
     Args:
         values: Every setting of :data:`ALL_SETTINGS` with its current value.
-        batch_size: The configuration's batch size (for ``mapo_pairs_per_step`` and ``mapo_round_batch_size``).
+        batch_size: The configuration's batch size (for ``mapo_pairs_per_step``).
 
     Returns:
         A copy of ``values`` with no ``None`` left.
@@ -222,7 +222,7 @@ def resolve_and_check(values: dict[str, Any], batch_size: int) -> dict[str, Any]
     if resolved["mapo_pairs_per_step"] is None:
         resolved["mapo_pairs_per_step"] = max(1, int(math.ceil(batch_size / 8)))
     if resolved["mapo_round_batch_size"] is None:
-        resolved["mapo_round_batch_size"] = batch_size * resolved["mapo_num_hypotheses"]
+        resolved["mapo_round_batch_size"] = resolved["mapo_num_hypotheses"]
     return resolved
 
 

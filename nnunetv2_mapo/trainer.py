@@ -313,8 +313,8 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
             raise MAPOStateError(f"MAPO state is incomplete or inconsistent: {err}") from err
         if self.local_rank > 0:
             self._mapo_pair_generator.manual_seed(self.mapo_seed + self.local_rank + 104729 * self.current_epoch)
-        changed = {k: (v, self.mapo_settings().get(k)) for k, v in state.get("settings", {}).items()
-                   if self.mapo_settings().get(k) != v}
+        now = self.mapo_settings()
+        changed = {k: (v, now.get(k)) for k, v in state.get("settings", {}).items() if now.get(k) != v}
         if changed:
             self.print_to_log_file(f"MAPO: settings differ from the checkpoint's (saved, now): {changed}")
 

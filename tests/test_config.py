@@ -279,7 +279,7 @@ def test_resolve_fills_derived_defaults():
     resolved = resolve_and_check(values, batch_size=6)
     assert resolved["mapo_warmup_epochs"] == 10  # 10% of num_epochs
     assert resolved["mapo_pairs_per_step"] == 1  # ceil(6 / 8)
-    assert resolved["mapo_round_batch_size"] == 6 * 8  # batch size x K
+    assert resolved["mapo_round_batch_size"] == 8  # K: one item (its K hypotheses) per forward pass
     assert resolved["mapo_cases_per_round"] == 100
     assert None not in resolved.values()
     assert values["mapo_warmup_epochs"] is None  # a copy, the input is untouched
@@ -302,7 +302,8 @@ def test_resolve_keeps_explicit_values():
 
 def test_round_batch_size_follows_num_hypotheses():
     resolved = resolve_and_check(defaults() | {"mapo_num_hypotheses": 3}, batch_size=2)
-    assert resolved["mapo_round_batch_size"] == 6
+    assert resolved["mapo_round_batch_size"] == 3  # K, whatever the batch size
+    assert resolve_and_check(defaults() | {"mapo_num_hypotheses": 3}, batch_size=9)["mapo_round_batch_size"] == 3
 
 
 def test_derived_warmup_for_a_single_epoch_leaves_room():

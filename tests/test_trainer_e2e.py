@@ -79,6 +79,24 @@ def test_train_and_predict_2d(ws2d: Workspace, tmp_path: Path) -> None:
         np.testing.assert_array_equal(first, second)
 
 
+def test_disable_checkpointing_and_find_best_configuration_with_ensembling(ws2d: Workspace) -> None:
+    """Runs after test_train_and_predict_2d (same module), whose MAPO fold 0 has validation probabilities."""
+    mapo_fold = ws2d.output_folder(901, "nnUNetTrainerMAPO", "2d", 0)
+    if not list(Path(mapo_fold, "validation").glob("*.npz")):
+        pytest.fail("needs test_train_and_predict_2d to have run first (module order)")
+    ws2d.train(901, "2d", 0, "nnUNetTrainerMAPO_ChannelDropout", "cpu", TINY,
+               extra_args=["--disable_checkpointing", "--npz"])
+    fold = Path(ws2d.output_folder(901, "nnUNetTrainerMAPO_ChannelDropout", "2d", 0))
+    assert not list(fold.glob("checkpoint*")) and (fold / "validation" / "summary.json").is_file()
+
+    ws2d.run(["nnUNetv2_find_best_configuration", "901", "-c", "2d", "-tr", "nnUNetTrainerMAPO",
+              "nnUNetTrainerMAPO_ChannelDropout", "-f", "0", "-np", "1"])
+    results = Path(ws2d.results, "Dataset901_Toy2D")
+    information = json.load(open(results / "inference_information.json"))
+    assert "nnUNetTrainerMAPO" in json.dumps(information["best_model_or_ensemble"])
+    assert list(results.glob("ensembles/ensemble___*nnUNetTrainerMAPO_ChannelDropout*/summary.json"))
+
+
 def test_bad_setting_stops_before_training(ws2d: Workspace) -> None:
     with pytest.raises(CommandFailed) as failure:
         ws2d.train(901, "2d", 1, "nnUNetTrainerMAPO", "cpu", {**TINY, "mapo_beta": -1})
