@@ -108,6 +108,18 @@ def test_round_step_and_state_round_trip(make_trainer) -> None:
         # policy == reference at the start of a round (InstanceNorm): rewards start at zero
         assert abs(result["mapo_rewards_chosen"]) < 1e-3 and abs(result["mapo_rewards_rejected"]) < 1e-3
 
+        # a non-finite DPO value never reaches the optimizer: the step trains on Dice+CE and is counted
+        healthy = trainer.mapo_preference_set.reference_chosen_logps.clone()
+        trainer.mapo_preference_set.reference_chosen_logps.fill_(float("nan"))
+        before = [p.detach().clone() for p in trainer.network.parameters()]
+        skipped = trainer.train_step(next(trainer.dataloader_train))
+        assert skipped["mapo_skipped_nonfinite"] == 1.0 and math.isnan(skipped["mapo_dpo_loss"])
+        assert all(torch.isfinite(p).all() for p in trainer.network.parameters())
+        assert any(not torch.equal(a, b) for a, b in zip(before, trainer.network.parameters()))  # Dice+CE step ran
+        trainer.on_train_epoch_end([result, skipped])
+        assert trainer.logger.get_value("mapo_skipped_steps", step=-1) == 1
+        trainer.mapo_preference_set.reference_chosen_logps.copy_(healthy)
+
         state = trainer.mapo_state_dict()
         other = make_trainer(fold=1)
         other.initialize()
