@@ -16,12 +16,15 @@ pytestmark = pytest.mark.usefixtures("mapo_single_thread")
 
 
 # ------------------------------------------------------------------------------------------------ networks
-def plain_unet(dim: int, deep_supervision: bool = False, norm: str = "instance") -> nn.Module:
+def _conv_and_norm(dim: int, norm: str) -> tuple[type[nn.Module], type[nn.Module]]:
     conv = nn.Conv2d if dim == 2 else nn.Conv3d
     if norm == "instance":
-        norm_op = nn.InstanceNorm2d if dim == 2 else nn.InstanceNorm3d
-    else:
-        norm_op = nn.BatchNorm2d if dim == 2 else nn.BatchNorm3d
+        return conv, nn.InstanceNorm2d if dim == 2 else nn.InstanceNorm3d
+    return conv, nn.BatchNorm2d if dim == 2 else nn.BatchNorm3d
+
+
+def plain_unet(dim: int, deep_supervision: bool = False, norm: str = "instance") -> nn.Module:
+    conv, norm_op = _conv_and_norm(dim, norm)
     return PlainConvUNet(
         input_channels=1, n_stages=3, features_per_stage=(4, 8, 16), conv_op=conv, kernel_sizes=3, strides=(1, 2, 2),
         n_conv_per_stage=2, num_classes=3, n_conv_per_stage_decoder=1, conv_bias=True, norm_op=norm_op,
@@ -31,11 +34,7 @@ def plain_unet(dim: int, deep_supervision: bool = False, norm: str = "instance")
 
 
 def residual_unet(dim: int, norm: str = "instance") -> nn.Module:
-    conv = nn.Conv2d if dim == 2 else nn.Conv3d
-    if norm == "instance":
-        norm_op = nn.InstanceNorm2d if dim == 2 else nn.InstanceNorm3d
-    else:
-        norm_op = nn.BatchNorm2d if dim == 2 else nn.BatchNorm3d
+    conv, norm_op = _conv_and_norm(dim, norm)
     return ResidualEncoderUNet(
         input_channels=1, n_stages=3, features_per_stage=(4, 8, 16), conv_op=conv, kernel_sizes=3, strides=(1, 2, 2),
         n_blocks_per_stage=(1, 1, 1), num_classes=3, n_conv_per_stage_decoder=1, conv_bias=True, norm_op=norm_op,
