@@ -16,7 +16,8 @@ Seeds: nnU-Net has no seed option and seeds nothing itself (initial weights, pat
 random in every process). A seed here is a repetition: an independent warm-up and independent trainings, with
 ``mapo_seed`` set to the seed index for MAPO's own randomness (round cases, dropout masks, pair sampling).
 
-Shared warm-up (``--shared-warmup-epochs W``): per seed and fold,
+Shared warm-up (``--shared-warmup-epochs W``): per seed and fold (with ``--single-warmup``: once per fold, seed 0's,
+for every seed),
 :class:`~nnunetv2_mapo.benchmark_trainers.nnUNetTrainerBenchmarkWarmup` trains W epochs (its learning-rate
 schedule spans W + E epochs, so it is the start of a W + E epoch training). Its ``checkpoint_final.pth`` is copied
 into both trainers' fold folders as ``checkpoint_latest.pth`` and both continue with ``--c`` for E more epochs from
@@ -52,7 +53,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -110,6 +111,8 @@ class BenchmarkSpec:
         workdir: Workspace folder (nnU-Net folders and the benchmark's outputs).
         batch_size: Batch size override (a plans variant ``nnUNetPlans_bs{B}``), or None for the planned one.
         shared_warmup_epochs: W, epochs of a shared warm-up both trainers continue from (0: none).
+        single_warmup: One warm-up per fold for all seeds (seed 0's) instead of one per seed and fold: the seeds then
+            repeat the comparison from the same start, which saves ``seeds - 1`` warm-ups when the warm-up is long.
         raw_source: An nnU-Net raw dataset folder copied into the workspace if it is not there yet (read only).
         settings: Further ``nnUNet_mapo_config`` settings: ``mapo_*`` keys for the MAPO trainer, nnU-Net keys
             (``initial_lr``, ``weight_decay``, ``oversample_foreground_percent``) for every trainer.
@@ -130,6 +133,7 @@ class BenchmarkSpec:
     workdir: str = "benchmark_runs"
     batch_size: int | None = None
     shared_warmup_epochs: int = 0
+    single_warmup: bool = False
     raw_source: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     mapo_trainer: str = DEFAULT_MAPO_TRAINER
@@ -151,8 +155,12 @@ class BenchmarkSpec:
     def comparable(self) -> dict[str, Any]:
         """The fields that define the results (not seeds, folds, paths): a re-run must match them."""
         keep = ("dataset_id", "configuration", "epochs", "iterations", "val_iterations", "batch_size",
-                "shared_warmup_epochs", "settings", "mapo_trainer", "device")
+                "shared_warmup_epochs", "single_warmup", "settings", "mapo_trainer", "device")
         return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k in keep}))
+
+    def warmup_seed(self, seed: int) -> int:
+        """The seed whose warm-up ``seed`` continues from."""
+        return 0 if self.single_warmup else seed
 
 
 def plans_identifier(batch_size: int | None) -> str:
@@ -210,6 +218,8 @@ def validate_spec(spec: BenchmarkSpec) -> None:
     if "mapo_seed" in spec.settings:
         raise BenchmarkInputError("mapo_seed is set to the seed index of each repetition; remove it from --settings.")
     warmup = spec.settings.get("mapo_warmup_epochs")
+    if spec.single_warmup and not spec.shared_warmup_epochs:
+        raise BenchmarkInputError("--single-warmup needs --shared-warmup-epochs W >= 1 (the warm-up to share).")
     if spec.shared_warmup_epochs and "mapo_warmup_epochs" in spec.settings:
         raise BenchmarkInputError(f"With --shared-warmup-epochs {spec.shared_warmup_epochs}, MAPO's warm-up is the "
                                   f"shared one (mapo_warmup_epochs = {spec.shared_warmup_epochs}); remove "
@@ -273,7 +283,7 @@ def trainer_settings(spec: BenchmarkSpec, role: str, seed: int) -> dict[str, Any
 def benchmark_name(spec: BenchmarkSpec, dataset_name: str) -> str:
     """The default sub-folder name: dataset, configuration, plans, budget, MAPO trainer and settings."""
     name = (f"{dataset_name}__{spec.configuration}__{spec.plans_identifier}__w{spec.shared_warmup_epochs}"
-            f"-e{spec.epochs}-it{spec.iterations}-val{spec.val_iterations}")
+            f"{'x1' if spec.single_warmup else ''}-e{spec.epochs}-it{spec.iterations}-val{spec.val_iterations}")
     if spec.mapo_trainer != DEFAULT_MAPO_TRAINER:
         name += f"__{spec.mapo_trainer}"
     if spec.settings:
@@ -475,7 +485,8 @@ def format_table(results: Mapping[str, Any]) -> str:
         wall = aggregate(w.get("wall_seconds") for w in warmups)
         lines.append(f"- Shared warm-up: `{WARMUP_TRAINER}` ({_epochs(spec['shared_warmup_epochs'])}, learning-rate "
                      f"schedule over {spec['shared_warmup_epochs'] + spec['epochs']} epochs, no final validation), "
-                     f"once per seed and fold; wall time {format_stat(wall, '{:.1f}')} s, not included above. Both "
+                     + ("once per fold, shared by all seeds" if spec.get("single_warmup") else "once per seed and fold")
+                     + f"; wall time {format_stat(wall, '{:.1f}')} s, not included above. Both "
                      f"trainers continue from its checkpoint with `--c`.")
     lines += ["", "## Runs", "",
               "| trainer | seed | fold | Dice | HD95 (mm) | ASD (mm) | cases | wall (s) | s/epoch | pref. rounds (s) "
@@ -904,7 +915,9 @@ class Benchmark:
         spec_file = os.path.join(self.folder, SPEC_FILE)
         if os.path.isfile(spec_file):
             earlier = _read_json(spec_file)
-            differ = {k: (earlier.get(k), v) for k, v in spec.comparable().items() if earlier.get(k) != v}
+            absent = {f.name: f.default for f in fields(BenchmarkSpec)}  # keys added later: their default then
+            differ = {k: (earlier.get(k, absent[k]), v) for k, v in spec.comparable().items()
+                      if earlier.get(k, absent[k]) != v}
             if differ:
                 raise BenchmarkInputError(
                     f"{self.folder} holds a benchmark with other settings (earlier, now): {differ}. Use another "
@@ -993,8 +1006,9 @@ class Benchmark:
         self.step(f"seed {seed} fold {fold}: {trainer} done in {invocation.wall_seconds:.1f} s, peak RSS {rss}")
 
     def _warmup(self, seed: int, fold: int) -> str:
-        """Runs (or finds) the shared warm-up; returns its ``checkpoint_final.pth``."""
+        """Runs (or finds) the shared warm-up of ``seed`` (see ``single_warmup``); returns its checkpoint_final."""
         spec = self.spec
+        seed = spec.warmup_seed(seed)
         folder = self.fold_folder(seed, WARMUP_TRAINER, fold)
         checkpoint = os.path.join(folder, "checkpoint_final.pth")
         if os.path.isfile(checkpoint):
@@ -1115,7 +1129,7 @@ class Benchmark:
                         missing.append(f"{trainer} seed {seed} fold {fold}")
                     else:
                         runs.append(record)
-                if spec.shared_warmup_epochs:
+                if spec.shared_warmup_epochs and spec.warmup_seed(seed) == seed:
                     wall, rss, _ = _invocation_totals(self.fold_folder(seed, WARMUP_TRAINER, fold))
                     if wall is not None:
                         warmups.append({"seed": seed, "fold": fold, "wall_seconds": wall, "peak_rss_bytes": rss})
@@ -1221,6 +1235,9 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shared-warmup-epochs", type=int, default=0,
                         help="W: train W epochs once per seed and fold, then both trainers continue from that "
                              "checkpoint (MAPO with mapo_warmup_epochs = W); default 0")
+    parser.add_argument("--single-warmup", action="store_true",
+                        help="one shared warm-up per fold for all seeds (seed 0's) instead of one per seed: the seeds "
+                             "repeat the comparison from the same start")
     parser.add_argument("--workdir", default="benchmark_runs",
                         help="workspace with nnUNet_raw/_preprocessed and benchmarks/ (default ./benchmark_runs)")
     parser.add_argument("--raw-source", default=None,
@@ -1254,7 +1271,8 @@ def spec_from_args(args: argparse.Namespace) -> BenchmarkSpec:
     return BenchmarkSpec(
         dataset_id=args.dataset, configuration=args.configuration, folds=tuple(args.folds), epochs=args.epochs,
         iterations=args.iterations, val_iterations=args.val_iterations, seeds=args.seeds, workdir=args.workdir,
-        batch_size=args.batch_size, shared_warmup_epochs=args.shared_warmup_epochs, raw_source=args.raw_source,
+        batch_size=args.batch_size, shared_warmup_epochs=args.shared_warmup_epochs,
+        single_warmup=args.single_warmup, raw_source=args.raw_source,
         settings=parse_settings(args.settings), mapo_trainer=args.mapo_trainer, device=device,
         save_every=args.save_every, name=args.name, report_only=args.report_only)
 

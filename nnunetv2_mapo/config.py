@@ -32,7 +32,8 @@ class Setting:
 
     Args:
         name: The trainer attribute.
-        kind: ``int``, ``float``, ``bool``, ``str``, ``rates`` (list of floats) or ``optional_int``.
+        kind: ``int``, ``float``, ``bool``, ``str``, ``rates`` (list of floats), ``optional_int`` or
+            ``optional_float``.
         allowed: Human-readable range, used in error messages and docs.
         check: Returns True when a (type-checked) value is inside the range.
         default: The trainer's default (``None`` means derived at start; see ``docs/settings.md``).
@@ -70,8 +71,9 @@ MAPO_SETTINGS: tuple[Setting, ...] = (
             "lambda: weight of the DPO term added to Dice+CE"),
     Setting("mapo_loss_type", "str", f"one of {list(LOSS_TYPES)}", lambda v: v in LOSS_TYPES, "sigmoid",
             "preference loss: DPO ('sigmoid'), IPO or hinge"),
-    Setting("mapo_pairs_per_step", "optional_int", "an integer >= 1, or null (ceil(batch size / 8))",
-            lambda v: v is None or v >= 1, None, "preference pairs added to each training step"),
+    Setting("mapo_pairs_per_step", "optional_float", "a number > 0, or null (batch size / 8)",
+            lambda v: v is None or v > 0, None,
+            "preference pairs added per training step, on average (0.5: one pair every other step)"),
     Setting("mapo_cases_per_round", "optional_int", "an integer >= 1, or null (all training cases)",
             lambda v: v is None or v >= 1, 100, "training cases sampled per round (bounds round time and memory)"),
     Setting("mapo_round_batch_size", "optional_int", "an integer >= 1, or null (K: one item per pass)",
@@ -109,14 +111,14 @@ def _typed(setting: Setting, value: Any) -> Any:
         return float(v)
 
     kind = setting.kind
-    if kind == "optional_int" and value is None:
+    if kind in ("optional_int", "optional_float") and value is None:
         return None
     if kind in ("int", "optional_int"):
         if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
                 or float(value) != int(value)):
             raise fail()
         return int(value)
-    if kind == "float":
+    if kind in ("float", "optional_float"):
         return number(value)
     if kind == "str":
         if not isinstance(value, str):
@@ -220,7 +222,7 @@ def resolve_and_check(values: dict[str, Any], batch_size: int) -> dict[str, Any]
             f"Lower mapo_warmup_epochs or raise num_epochs."
         )
     if resolved["mapo_pairs_per_step"] is None:
-        resolved["mapo_pairs_per_step"] = max(1, int(math.ceil(batch_size / 8)))
+        resolved["mapo_pairs_per_step"] = batch_size / 8
     if resolved["mapo_round_batch_size"] is None:
         resolved["mapo_round_batch_size"] = resolved["mapo_num_hypotheses"]
     return resolved

@@ -21,6 +21,20 @@ PTH_NAME = "nnunetv2_mapo.pth"
 _SHELL_VALUE = os.environ.get(ENV_VAR)
 
 
+def shell_environment(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of ``environ`` (default ``os.environ``) with ``nnUNet_extTrainer`` as the shell set it.
+
+    In this process the package may have added its folder to the variable on import; a child process that should
+    see what a fresh ``nnUNetv2_train`` sees needs the shell's value instead.
+    """
+    result = dict(os.environ if environ is None else environ)
+    if _SHELL_VALUE is None:
+        result.pop(ENV_VAR, None)
+    else:
+        result[ENV_VAR] = _SHELL_VALUE
+    return result
+
+
 def trainer_folder() -> str:
     """Returns the folder to list in ``nnUNet_extTrainer`` (it holds the shim module only)."""
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "_trainer_discovery")

@@ -40,11 +40,7 @@ def _check_versions() -> Check:
 
 def _check_lookup() -> Check:
     """Runs nnU-Net's own trainer lookup in a child process with this shell's environment (as nnUNetv2_train does)."""
-    environ = dict(os.environ)
-    if discovery._SHELL_VALUE is None:
-        environ.pop(discovery.ENV_VAR, None)
-    else:
-        environ[discovery.ENV_VAR] = discovery._SHELL_VALUE
+    environ = discovery.shell_environment()
     result = subprocess.run([sys.executable, "-c", _LOOKUP_SNIPPET], capture_output=True, text=True, env=environ,
                             timeout=300)
     if result.returncode == 0 and "nnunetv2_mapo" in result.stdout:

@@ -39,7 +39,7 @@ from nnunetv2_mapo.distributed import (
 from nnunetv2_mapo.dpo import DPOLoss
 from nnunetv2_mapo.dropout import find_injector, inject_dropout, unwrap
 from nnunetv2_mapo.loss import STEP_STAT_KEYS, MAPOLoss
-from nnunetv2_mapo.preference_set import PreferenceSet, generate_preference_set
+from nnunetv2_mapo.preference_set import PreferenceSet, generate_preference_set, pairs_for_step
 from nnunetv2_mapo.progress import plot_mapo_progress
 
 __all__ = [
@@ -93,7 +93,9 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self.mapo_env_overrides: dict = {}
         self.mapo_preference_set: PreferenceSet | None = None
         self.mapo_round_index = 0
+        self.mapo_train_keys: list[str] = []
         self._mapo_pair_generator = torch.Generator()
+        self._mapo_pair_steps = 0  # training steps taken with a preference set (they schedule the pair counts)
         self._mapo_epoch_round: dict = {}
         self._mapo_warned_empty = False
 
@@ -140,8 +142,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
             values.extend([math.nan] * (self.current_epoch - len(values)))
 
     def on_train_start(self):
-        super().on_train_start()
-        self.mapo_train_keys = list(self.do_split()[0])
+        super().on_train_start()  # builds the data loaders, whose do_split() records the training cases
         if self.local_rank == 0:
             record = {"trainer": type(self).__name__, "nnunetv2_mapo_version": __version__,
                       ENV_VAR: os.environ.get(ENV_VAR), "overrides_from_env": self.mapo_env_overrides,
@@ -153,8 +154,13 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self.print_to_log_file(
             f"MAPO: warm-up {self.mapo_warmup_epochs} epochs, then a preference round every {self.mapo_regen_every} "
             f"epochs ({min(len(self.mapo_train_keys), self.mapo_cases_per_round or 10**9)} cases x "
-            f"{self.mapo_num_hypotheses} hypotheses), {self.mapo_pairs_per_step} pairs per step, "
+            f"{self.mapo_num_hypotheses} hypotheses), {self.mapo_pairs_per_step:g} pairs per step on average, "
             f"weight {self.mapo_weight}, beta {self.mapo_beta}.")
+
+    def do_split(self):
+        train_keys, val_keys = super().do_split()
+        self.mapo_train_keys = list(train_keys)  # the cases preference rounds draw from
+        return train_keys, val_keys
 
     # --------------------------------------------------------------------------------------- preference rounds
     def mapo_round_due(self, epoch: int) -> bool:
@@ -245,7 +251,11 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
     def _next_pairs(self):
         if self.mapo_preference_set is None or len(self.mapo_preference_set) == 0 or self.mapo_weight == 0:
             return None
-        return self.mapo_preference_set.sample(self.mapo_pairs_per_step, self._mapo_pair_generator)
+        count = pairs_for_step(self.mapo_pairs_per_step, self._mapo_pair_steps)
+        self._mapo_pair_steps += 1
+        if count == 0:
+            return None
+        return self.mapo_preference_set.sample(count, self._mapo_pair_generator)
 
     def train_step(self, batch: dict) -> dict:
         pairs = self._next_pairs()
@@ -295,6 +305,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
             "round_index": self.mapo_round_index,
             "preference_set": None if self.mapo_preference_set is None else self.mapo_preference_set.state_dict(),
             "pair_generator": self._mapo_pair_generator.get_state(),
+            "pair_steps": self._mapo_pair_steps,
             "settings": self.mapo_settings(),
         }
 
@@ -309,6 +320,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
             stored = state["preference_set"]
             self.mapo_preference_set = None if stored is None else PreferenceSet.from_state_dict(stored)
             self._mapo_pair_generator.set_state(state["pair_generator"])
+            self._mapo_pair_steps = int(state.get("pair_steps", 0))  # absent in states written by 0.1.x
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise MAPOStateError(f"MAPO state is incomplete or inconsistent: {err}") from err
         if self.local_rank > 0:

@@ -270,6 +270,38 @@ def test_start_from_warmup_gives_mapo_a_loadable_state(tmp_path: Path) -> None:
     assert bench._needs_start(str(mapo_folder), mapo=True)
 
 
+@pytest.mark.parametrize("single", [True, False])
+def test_warmups_per_seed_or_one_for_all_seeds(tmp_path: Path, monkeypatch, single: bool) -> None:
+    bench = Benchmark(spec(shared_warmup_epochs=2, seeds=3, single_warmup=single))
+    bench.dataset_name, bench.folder = "Dataset990_Toy", str(tmp_path)
+    trained, starts = [], []
+
+    def fake_train(seed, fold, trainer, settings, what, extra_env=None):  # writes what nnUNetv2_train would
+        trained.append((seed, trainer))
+        folder = Path(bench.fold_folder(seed, trainer, fold))
+        (folder / "validation").mkdir(parents=True, exist_ok=True)
+        torch.save({"current_epoch": 2}, folder / "checkpoint_final.pth")
+        (folder / "validation" / "summary.json").write_text("{}")
+
+    def record_start(warmup_checkpoint, fold_folder, mapo, seed):
+        starts.append((seed, os.path.relpath(warmup_checkpoint, tmp_path)))
+
+    monkeypatch.setattr(bench, "_train", fake_train)
+    monkeypatch.setattr(bench, "_start_from_warmup", record_start)
+    monkeypatch.setattr(bench, "_evaluate", lambda seed, fold, trainer: Path(
+        bench.fold_folder(seed, trainer, fold), EVALUATION_FILE).write_text("{}"))
+    for seed in range(3):
+        bench.run_pair(seed, 0)
+    warmups = [seed for seed, trainer in trained if trainer == "nnUNetTrainerBenchmarkWarmup"]
+    assert warmups == ([0] if single else [0, 1, 2])
+    assert len(starts) == 6 and {seed for seed, _ in starts} == {0, 1, 2}
+    for seed, source in starts:
+        assert source.startswith(f"seed_{0 if single else seed}{os.sep}"), source
+    assert BenchmarkSpec.__dataclass_fields__["single_warmup"].default is False
+    with pytest.raises(BenchmarkInputError, match="--single-warmup needs --shared-warmup-epochs"):
+        validate_spec(spec(single_warmup=True))
+
+
 def test_input_errors_before_any_work(tmp_path: Path, capsys) -> None:
     base = ["-c", "2d", "--epochs", "1", "--iterations", "1", "--val-iterations", "1", "--device", "cpu",
             "--workdir", str(tmp_path / "ws")]

@@ -95,6 +95,7 @@ def test_valid_values_are_converted(name, value, expected):
     ("mapo_regen_every", 0),
     ("mapo_warmup_epochs", -1),
     ("mapo_pairs_per_step", 0),
+    ("mapo_pairs_per_step", -0.5),
     ("mapo_cases_per_round", 0),
     ("mapo_round_batch_size", 0),
     ("mapo_seed", -1),
@@ -278,7 +279,7 @@ def test_resolve_fills_derived_defaults():
     values = defaults() | {"num_epochs": 100}
     resolved = resolve_and_check(values, batch_size=6)
     assert resolved["mapo_warmup_epochs"] == 10  # 10% of num_epochs
-    assert resolved["mapo_pairs_per_step"] == 1  # ceil(6 / 8)
+    assert resolved["mapo_pairs_per_step"] == 0.75  # 6 / 8 on average
     assert resolved["mapo_round_batch_size"] == 8  # K: one item (its K hypotheses) per forward pass
     assert resolved["mapo_cases_per_round"] == 100
     assert None not in resolved.values()
@@ -286,9 +287,15 @@ def test_resolve_fills_derived_defaults():
     assert set(resolved) == set(ALL_SETTINGS)
 
 
-@pytest.mark.parametrize(("batch_size", "pairs"), [(1, 1), (2, 1), (8, 1), (9, 2), (10, 2), (16, 2), (17, 3)])
-def test_pairs_per_step_is_an_eighth_of_the_batch_at_least_one(batch_size, pairs):
+@pytest.mark.parametrize(("batch_size", "pairs"), [(1, 0.125), (2, 0.25), (8, 1.0), (10, 1.25), (137, 17.125)])
+def test_pairs_per_step_is_an_eighth_of_the_batch(batch_size, pairs):
     assert resolve_and_check(defaults(), batch_size)["mapo_pairs_per_step"] == pairs
+
+
+@pytest.mark.parametrize("value", [0.5, 3, 2.25])
+def test_pairs_per_step_takes_fractions_and_integers(value):
+    assert validate_setting("mapo_pairs_per_step", value) == value
+    assert isinstance(validate_setting("mapo_pairs_per_step", value), float)
 
 
 def test_resolve_keeps_explicit_values():

@@ -70,3 +70,12 @@ def test_lazy_package_attributes(name: str) -> None:
     assert getattr(nnunetv2_mapo, name).__name__ == name
     with pytest.raises(AttributeError):
         nnunetv2_mapo.DoesNotExist  # noqa: B018
+
+
+@pytest.mark.parametrize("shell_value", [None, "/user/trainers"])
+def test_shell_environment_restores_the_shells_value(monkeypatch, shell_value) -> None:
+    monkeypatch.setattr(discovery, "_SHELL_VALUE", shell_value)
+    current = {discovery.ENV_VAR: "/user/trainers:/site/nnunetv2_mapo/_trainer_discovery", "OTHER": "1"}
+    environ = discovery.shell_environment(current)
+    assert environ.get(discovery.ENV_VAR) == shell_value and environ["OTHER"] == "1"
+    assert current[discovery.ENV_VAR].endswith("_trainer_discovery")  # a copy: the input is untouched

@@ -21,6 +21,7 @@ from nnunetv2_mapo.preference_set import (
     empty_preference_set,
     generate_preference_set,
     hypothesis_rates,
+    pairs_for_step,
 )
 from nnunetv2_mapo.scoring import mean_foreground_dice, split_target
 
@@ -500,3 +501,24 @@ def test_hypothesis_rates_single_rate_and_fewer_hypotheses():
     assert len(fewer) == 2 and set(fewer) <= {0.1, 0.2, 0.3, 0.4}
     assert fewer[0] == 0.1
     assert all(type(r) is float for r in hypothesis_rates(np.array([0.1, 0.2]), 3))
+
+
+# ------------------------------------------------------------------------------------------- pairs per step
+@pytest.mark.parametrize("rate", [0.125, 0.25, 0.375, 0.5, 0.75, 1.0, 1.25, 2.0, 17.125, 0.1, 1 / 3])
+def test_pair_counts_average_the_rate_and_alternate_floor_and_ceiling(rate):
+    counts = [pairs_for_step(rate, step) for step in range(240)]
+    assert counts[0] >= 1  # the first step after a round always trains on a pair
+    assert set(counts) <= {math.floor(rate), math.ceil(rate)}
+    for n in (1, 7, 80, 240):  # every prefix carries ceil(rate x n): never more than one pair ahead
+        assert sum(counts[:n]) == math.ceil(round(rate * n, 9))
+
+
+def test_pair_counts_of_a_fraction_follow_the_pattern():
+    assert [pairs_for_step(0.375, step) for step in range(8)] == [1, 0, 1, 0, 0, 1, 0, 0]
+    assert [pairs_for_step(2, step) for step in range(3)] == [2, 2, 2]
+
+
+@pytest.mark.parametrize(("rate", "step"), [(0, 0), (-1, 0), (float("nan"), 0), (0.5, -1)])
+def test_pair_counts_reject_bad_input(rate, step):
+    with pytest.raises(ValueError, match="pairs_per_step|step"):
+        pairs_for_step(rate, step)

@@ -94,7 +94,7 @@ def test_round_schedule(make_trainer) -> None:
 
 def test_round_step_and_state_round_trip(make_trainer) -> None:
     trainer = make_trainer(mapo_warmup_epochs=0, num_epochs=5, mapo_cases_per_round=4, mapo_num_hypotheses=4,
-                           mapo_pair_margin=0.0)
+                           mapo_pair_margin=0.0, mapo_pairs_per_step=1)  # a pair in every step
     trainer.on_train_start()
     try:
         pairs = trainer.run_preference_round()
@@ -120,10 +120,18 @@ def test_round_step_and_state_round_trip(make_trainer) -> None:
         assert trainer.logger.get_value("mapo_skipped_steps", step=-1) == 1
         trainer.mapo_preference_set.reference_chosen_logps.copy_(healthy)
 
+        # a fractional rate: pairs in every other step, and the schedule position survives a resume
+        trainer.mapo_pairs_per_step = 0.5
+        steps_before = trainer._mapo_pair_steps
+        counts = [0 if (p := trainer._next_pairs()) is None else len(p) for _ in range(4)]
+        assert sum(counts) == 2 and set(counts) == {0, 1}
+        assert trainer._mapo_pair_steps == steps_before + 4
+
         state = trainer.mapo_state_dict()
         other = make_trainer(fold=1)
         other.initialize()
         other.load_mapo_state_dict(state)
+        assert other._mapo_pair_steps == trainer._mapo_pair_steps
         assert other.mapo_round_index == 1 and len(other.mapo_preference_set) == len(pairs)
         assert torch.equal(other.mapo_preference_set.chosen, pairs.chosen)
         with pytest.raises(MAPOStateError):
