@@ -1,4 +1,5 @@
-"""The ``nnunetv2_mapo`` command: ``env``, ``doctor``, ``settings``, ``evaluate``, ``demo``, ``benchmark``."""
+"""The ``nnunetv2_mapo`` command: ``env``, ``doctor``, ``settings``, ``evaluate``, ``demo``, ``benchmark``,
+``round-cost``."""
 
 from __future__ import annotations
 
@@ -48,6 +49,12 @@ def _benchmark(args: argparse.Namespace) -> int:
     return run_benchmark_from_args(args)
 
 
+def _round_cost(args: argparse.Namespace) -> int:
+    from nnunetv2_mapo.round_cost import run_round_cost_from_args
+
+    return run_round_cost_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``nnunetv2_mapo``."""
     parser = argparse.ArgumentParser(prog="nnunetv2_mapo", description=__doc__)
@@ -82,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark = sub.add_parser("benchmark", help="nnUNetTrainer vs nnUNetTrainerMAPO: same split and budget")
     add_benchmark_arguments(benchmark)
     benchmark.set_defaults(func=_benchmark)
+
+    from nnunetv2_mapo.round_cost import add_round_cost_arguments
+
+    round_cost = sub.add_parser("round-cost", help="time preference rounds against cases and patch size")
+    add_round_cost_arguments(round_cost)
+    round_cost.set_defaults(func=_round_cost)
 
     return parser
 
