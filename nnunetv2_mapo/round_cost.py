@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from nnunetv2_mapo.config import ALL_SETTINGS
+
 DEFAULT_PATCHES = ("128x128", "256x256", "32x32x32", "48x48x48", "64x64x64")
 DEFAULT_CASES = (4, 8, 16)
 
@@ -95,8 +97,13 @@ def _timed(function, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(patch: Sequence[int], cases: Sequence[int], num_hypotheses: int = 8, batch_size: int = 2,
-            repeats: int = 2, device: str = "cpu") -> dict[str, Any]:
+def _default(name: str) -> Any:
+    """The trainer's default of a MAPO setting, so that timings and projections follow the defaults."""
+    return ALL_SETTINGS[name].default
+
+
+def measure(patch: Sequence[int], cases: Sequence[int], num_hypotheses: int = _default("mapo_num_hypotheses"),
+            batch_size: int = 2, repeats: int = 2, device: str = "cpu") -> dict[str, Any]:
     """Times rounds of ``cases`` items and one training step for the U-Net of ``patch``.
 
     Args:
@@ -122,7 +129,7 @@ def measure(patch: Sequence[int], cases: Sequence[int], num_hypotheses: int = 8,
     network = plans_like_unet(patch).to(torch_device)
     injector = inject_dropout(network)
     label_manager = LabelManager({"background": 0, "structure": 1}, None)
-    rates = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
+    rates = _default("mapo_dropout_rates")
 
     loss = DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False}, {}, 1, 1,
                           dice_class=MemoryEfficientSoftDiceLoss)
@@ -169,8 +176,9 @@ def projected_share(per_case: float, step_seconds: float, cases: int, regen_ever
     return rounds / (rounds + regen_every * iterations * step_seconds)
 
 
-def format_report(results: Sequence[dict], cases_per_round: int = 100, regen_every: int = 50,
-                  iterations: int = 250) -> str:
+def format_report(results: Sequence[dict], cases_per_round: int = _default("mapo_cases_per_round"),
+                  regen_every: int = _default("mapo_regen_every"),
+                  iterations: int = _default("num_iterations_per_epoch")) -> str:
     """Markdown tables: round time against cases and patch size, and the projected share at a schedule."""
     lines = ["| patch | voxels | stages | cases | round (s) | per case (s) | per case per Mvoxel (s) |",
              "|---|---|---|---|---|---|---|"]
@@ -198,7 +206,9 @@ def add_round_cost_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"patch sizes, e.g. 128x128 40x56x40 (default: {' '.join(DEFAULT_PATCHES)})")
     parser.add_argument("--cases", type=int, nargs="+", default=list(DEFAULT_CASES),
                         help=f"cases per timed round (default: {' '.join(map(str, DEFAULT_CASES))})")
-    parser.add_argument("-K", "--num-hypotheses", type=int, default=8, help="dropout hypotheses per case (default 8)")
+    k = _default("mapo_num_hypotheses")
+    parser.add_argument("-K", "--num-hypotheses", type=int, default=k,
+                        help=f"dropout hypotheses per case (default {k})")
     parser.add_argument("--batch-size", type=int, default=2, help="batch size of the timed training step (default 2)")
     parser.add_argument("--repeats", type=int, default=2, help="timings per value, median kept (default 2)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
