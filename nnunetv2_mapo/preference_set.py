@@ -4,7 +4,9 @@ A round takes one foreground patch per training case, runs K dropout hypotheses 
 (normalization layers in eval mode), scores them by Dice, keeps one (y+, y-) pair per item where the Dice gap allows
 it, and stores the reference log-likelihoods of both masks computed with dropout off. The reference policy is the
 network at generation time; since a pair's patch never changes, its reference log-likelihoods are computed once here
-instead of by a frozen network copy at every step (same loss, no extra memory, no extra forward pass).
+instead of by a frozen network copy at every step (same loss, no extra memory, no extra forward pass). That pass
+is also the network's own prediction, whose Dice is kept beside y+ and y- as a diagnostic: it tells whether the
+preferred dropout hypothesis is better or worse than what the network predicts without dropout.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from nnunetv2_mapo.dpo import mask_log_likelihoods
 from nnunetv2_mapo.dropout import DropoutInjector
 from nnunetv2_mapo.scoring import logits_to_masks, mean_foreground_dice, select_pairs, split_target
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+READABLE_STATE_VERSIONS = (1, 2)  # version 1 had no network_dice
 
 
 @dataclass
@@ -55,6 +58,7 @@ class PreferenceSet:
         reference_chosen_logps: ``(P,)`` reference log-likelihood of y+ over the disagreement voxels.
         reference_rejected_logps: ``(P,)`` the same for y-.
         chosen_dice: ``(P,)`` Dice of y+; ``rejected_dice`` likewise.
+        network_dice: ``(P,)`` Dice of the network's prediction without dropout (NaN in sets saved by version 1).
         keys: Case identifier of each pair.
         round_index: Which round made the set (0-based).
         epoch: The epoch at whose start it was made.
@@ -69,6 +73,7 @@ class PreferenceSet:
     reference_rejected_logps: torch.Tensor
     chosen_dice: torch.Tensor
     rejected_dice: torch.Tensor
+    network_dice: torch.Tensor
     keys: list[str] = field(default_factory=list)
     round_index: int = 0
     epoch: int = 0
@@ -80,6 +85,14 @@ class PreferenceSet:
     @property
     def mean_dice_gap(self) -> float:
         return float((self.chosen_dice - self.rejected_dice).mean()) if len(self) else float("nan")
+
+    @property
+    def chosen_beats_network(self) -> float:
+        """Share of pairs whose y+ scores a higher Dice than the network's prediction without dropout."""
+        known = ~torch.isnan(self.network_dice)  # sets saved by version 1 do not know it
+        if not bool(known.any()):
+            return float("nan")
+        return float((self.chosen_dice[known] > self.network_dice[known]).float().mean())
 
     def sample(self, count: int, generator: torch.Generator) -> PreferenceBatch:
         """Draws ``count`` pairs uniformly (with replacement when the set is smaller).
@@ -113,15 +126,18 @@ class PreferenceSet:
         Raises:
             ValueError: Missing fields, an unknown version, or inconsistent shapes.
         """
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        if not isinstance(state, dict) or state.get("version") not in READABLE_STATE_VERSIONS:
             version = state.get("version") if isinstance(state, dict) else None
-            raise ValueError(f"Unsupported preference-set state (version {version!r}, expected {STATE_VERSION}).")
+            raise ValueError(f"Unsupported preference-set state (version {version!r}, expected one of "
+                             f"{list(READABLE_STATE_VERSIONS)}).")
+        if state["version"] == 1 and isinstance(state.get("chosen_dice"), torch.Tensor):
+            state = state | {"network_dice": torch.full_like(state["chosen_dice"], math.nan)}
         names = [f.name for f in fields(cls)]
         missing = [n for n in names if n not in state]
         if missing:
             raise ValueError(f"Preference-set state lacks the fields {missing}.")
         tensors = ("images", "chosen", "rejected", "reference_chosen_logps", "reference_rejected_logps",
-                   "chosen_dice", "rejected_dice")
+                   "chosen_dice", "rejected_dice", "network_dice")
         wrong = [n for n in tensors if not (isinstance(state[n], torch.Tensor) and state[n].ndim >= 1)]
         if state["valid"] is not None and not (isinstance(state["valid"], torch.Tensor) and state["valid"].ndim >= 1):
             wrong.append("valid")
@@ -133,7 +149,8 @@ class PreferenceSet:
         result = cls(**{n: state[n] for n in names})
         count = result.images.shape[0]
         per_pair = [result.chosen, result.rejected, result.reference_chosen_logps, result.reference_rejected_logps,
-                    result.chosen_dice, result.rejected_dice] + ([result.valid] if result.valid is not None else [])
+                    result.chosen_dice, result.rejected_dice, result.network_dice]
+        per_pair += [result.valid] if result.valid is not None else []
         if any(t.shape[0] != count for t in per_pair) or len(result.keys) != count:
             raise ValueError("Preference-set state is inconsistent: its tensors hold different numbers of pairs.")
         if result.chosen.shape != result.rejected.shape:
@@ -152,7 +169,7 @@ class PreferenceSet:
             valid=None if first.valid is None else cat("valid"),
             reference_chosen_logps=cat("reference_chosen_logps"),
             reference_rejected_logps=cat("reference_rejected_logps"),
-            chosen_dice=cat("chosen_dice"), rejected_dice=cat("rejected_dice"),
+            chosen_dice=cat("chosen_dice"), rejected_dice=cat("rejected_dice"), network_dice=cat("network_dice"),
             keys=[k for p in parts for k in p.keys], round_index=first.round_index, epoch=first.epoch,
             num_items=num_items,
         )
@@ -233,7 +250,7 @@ def generate_preference_set(
     network.eval()
     autocast = torch.autocast("cuda") if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     parts: dict[str, list] = {name: [] for name in ("images", "chosen", "rejected", "valid", "ref_c", "ref_r",
-                                                     "dice_c", "dice_r", "keys")}
+                                                     "dice_c", "dice_r", "dice_n", "keys")}
     num_items = 0
     try:
         for batch in batches:
@@ -256,6 +273,8 @@ def generate_preference_set(
                     items = torch.arange(n, device=device)
                     chosen, rejected = hypotheses[items, chosen_idx], hypotheses[items, rejected_idx]
                     reference_logits = _first_output(network(data))
+                    network_masks = logits_to_masks(reference_logits, label_manager).unsqueeze(1)
+                    network_scores = mean_foreground_dice(network_masks, reference, valid, label_manager)[:, 0]
                 ref_c, ref_r, num_disagree = mask_log_likelihoods(
                     reference_logits.float(), chosen, rejected, valid, label_manager.has_regions)
                 keep = has_pair & (num_disagree > 0)
@@ -270,6 +289,7 @@ def generate_preference_set(
                 parts["ref_r"].append(ref_r[keep].cpu())
                 parts["dice_c"].append(scores[items, chosen_idx][keep].float().cpu())
                 parts["dice_r"].append(scores[items, rejected_idx][keep].float().cpu())
+                parts["dice_n"].append(network_scores[keep].float().cpu())
                 parts["keys"].extend(str(k) for k, kept in zip(keys_all[start:stop], keep_cpu.tolist()) if kept)
     finally:
         network.train(was_training)
@@ -283,7 +303,7 @@ def _assemble(parts: dict, label_manager: LabelManager, round_index: int, epoch:
             images=cat("images"), chosen=cat("chosen"), rejected=cat("rejected"),
             valid=None if parts["valid"][0] is None else cat("valid"),
             reference_chosen_logps=cat("ref_c"), reference_rejected_logps=cat("ref_r"),
-            chosen_dice=cat("dice_c"), rejected_dice=cat("dice_r"), keys=parts["keys"],
+            chosen_dice=cat("dice_c"), rejected_dice=cat("dice_r"), network_dice=cat("dice_n"), keys=parts["keys"],
             round_index=round_index, epoch=epoch, num_items=num_items,
         )
     return empty_preference_set(round_index, epoch, num_items, has_ignore=label_manager.has_ignore_label)
@@ -297,5 +317,6 @@ def empty_preference_set(round_index: int = 0, epoch: int = 0, num_items: int = 
         images=torch.zeros(0, dtype=torch.float16), chosen=torch.zeros(0, dtype=torch.uint8),
         rejected=torch.zeros(0, dtype=torch.uint8), valid=torch.zeros(0, dtype=torch.bool) if has_ignore else None,
         reference_chosen_logps=none, reference_rejected_logps=none.clone(), chosen_dice=none.clone(),
-        rejected_dice=none.clone(), keys=[], round_index=round_index, epoch=epoch, num_items=num_items,
+        rejected_dice=none.clone(), network_dice=none.clone(), keys=[], round_index=round_index, epoch=epoch,
+        num_items=num_items,
     )

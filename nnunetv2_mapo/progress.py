@@ -15,6 +15,8 @@ PANELS = (
     ("implicit rewards", ("mapo_rewards_chosen", "mapo_rewards_rejected", "mapo_reward_margin")),
     ("reward accuracy", ("mapo_reward_accuracy",)),
     ("preference set", ("mapo_num_pairs",)),
+    # rounds only: is the preferred dropout hypothesis better than the network's own prediction?
+    ("round Dice of the pairs", ("mapo_dice_chosen", "mapo_dice_rejected", "mapo_dice_no_dropout")),
     ("round time [s]", ("mapo_regen_seconds",)),
 )
 

@@ -53,6 +53,7 @@ __all__ = [
 EPOCH_LOG_KEYS = (
     "mapo_dpo_loss", "mapo_reward_accuracy", "mapo_reward_margin", "mapo_rewards_chosen", "mapo_rewards_rejected",
     "mapo_num_pairs", "mapo_regen_seconds", "mapo_dice_gap", "mapo_skipped_steps",
+    "mapo_dice_chosen", "mapo_dice_rejected", "mapo_dice_no_dropout",
 )
 
 
@@ -226,6 +227,10 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self.mapo_preference_set = preference_set
         self.mapo_round_index += 1
         self._mapo_epoch_round = {"seconds": seconds, "gap": preference_set.mean_dice_gap}
+        if len(preference_set):
+            self._mapo_epoch_round |= {"chosen": float(preference_set.chosen_dice.mean()),
+                                       "rejected": float(preference_set.rejected_dice.mean()),
+                                       "no_dropout": float(preference_set.network_dice.mean())}
         self._report_round(preference_set, seconds)
         return preference_set
 
@@ -235,7 +240,9 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
                 f"MAPO round {preference_set.round_index}: {len(preference_set)} pairs from "
                 f"{preference_set.num_items} items ({preference_set.num_items - len(preference_set)} without a Dice "
                 f"gap >= {self.mapo_pair_margin}); Dice chosen {preference_set.chosen_dice.mean():.4f}, rejected "
-                f"{preference_set.rejected_dice.mean():.4f}, gap {preference_set.mean_dice_gap:.4f}; {seconds:.1f} s")
+                f"{preference_set.rejected_dice.mean():.4f}, gap {preference_set.mean_dice_gap:.4f}; without dropout "
+                f"{preference_set.network_dice.mean():.4f} (y+ better on {preference_set.chosen_beats_network:.0%} of "
+                f"the pairs); {seconds:.1f} s")
             return
         self.print_to_log_file(
             f"MAPO round {preference_set.round_index}: 0 pairs from {preference_set.num_items} items; {seconds:.1f} s. "
@@ -282,6 +289,9 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
             "mapo_num_pairs": float(len(self.mapo_preference_set)) if active else math.nan,
             "mapo_regen_seconds": self._mapo_epoch_round.get("seconds", math.nan),
             "mapo_dice_gap": self._mapo_epoch_round.get("gap", math.nan),
+            "mapo_dice_chosen": self._mapo_epoch_round.get("chosen", math.nan),
+            "mapo_dice_rejected": self._mapo_epoch_round.get("rejected", math.nan),
+            "mapo_dice_no_dropout": self._mapo_epoch_round.get("no_dropout", math.nan),
             "mapo_skipped_steps": float(sum(skipped)) if active else math.nan,
         }
         for key, value in values.items():

@@ -123,6 +123,30 @@ def test_stored_dice_and_images_match_the_inputs(label_round):
     assert torch.allclose(scores[:, 1], result.rejected_dice, atol=1e-6)
 
 
+def test_network_dice_is_that_of_the_prediction_without_dropout(label_round):
+    network, batches, result = label_round
+    target = torch.cat([b["target"] for b in batches])
+    index = [int(k.split("_")[1]) for k in result.keys]
+    reference, valid = split_target(target[index], LABELS)
+    own = clean_logits(network, result.images.float()).argmax(1)
+    expected = mean_foreground_dice(own[:, None], reference, valid, LABELS)[:, 0]
+    assert torch.allclose(result.network_dice, expected, atol=1e-6)
+    # The targets are the network's own prediction: no dropout hypothesis can beat it.
+    assert (result.network_dice >= result.chosen_dice - 1e-6).all()
+    assert result.chosen_beats_network == 0.0
+
+
+def test_chosen_beats_network_counts_pairs_and_skips_unknown_values():
+    preference_set = synthetic_set(4)
+    preference_set.network_dice = torch.tensor([0.95, 0.85, 0.85, 0.9])  # y+ scores 0.9 everywhere
+    assert preference_set.chosen_beats_network == 0.5  # ties do not count as better
+    preference_set.network_dice = torch.tensor([math.nan, 0.95, 0.85, math.nan])
+    assert preference_set.chosen_beats_network == 0.5
+    preference_set.network_dice = torch.full((4,), math.nan)
+    assert math.isnan(preference_set.chosen_beats_network)
+    assert math.isnan(empty_preference_set().chosen_beats_network)
+
+
 def test_reference_logps_are_those_of_the_eval_network(label_round):
     network, batches, result = label_round
     logits = clean_logits(network, result.images.float())
@@ -294,9 +318,10 @@ def roundtrip(preference_set: PreferenceSet, tmp_path) -> PreferenceSet:
 
 def assert_same_set(a: PreferenceSet, b: PreferenceSet) -> None:
     for name in ("images", "chosen", "rejected", "reference_chosen_logps", "reference_rejected_logps",
-                 "chosen_dice", "rejected_dice"):
+                 "chosen_dice", "rejected_dice", "network_dice"):
         x, y = getattr(a, name), getattr(b, name)
-        assert x.dtype == y.dtype and torch.equal(x, y), name
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+        assert torch.equal(x, y) or torch.allclose(x, y, atol=0, rtol=0, equal_nan=True), name
     assert (a.valid is None) == (b.valid is None)
     if a.valid is not None:
         assert torch.equal(a.valid, b.valid)
@@ -327,14 +352,28 @@ def test_state_roundtrip_of_an_empty_set(tmp_path, has_ignore):
     assert len(restored) == 0
 
 
+def test_version_1_states_load_without_network_dice(label_round):
+    _, _, result = label_round
+    state = result.state_dict()
+    del state["network_dice"]
+    state["version"] = 1
+    restored = PreferenceSet.from_state_dict(state)
+    assert restored.network_dice.shape == result.chosen_dice.shape
+    assert torch.isnan(restored.network_dice).all()
+    assert torch.equal(restored.chosen_dice, result.chosen_dice)
+    assert math.isnan(restored.chosen_beats_network)
+
+
 def corrupt_states(state: dict) -> list[tuple[str, dict]]:
     return [
         ("version", state | {"version": STATE_VERSION + 1}),
         ("version", {k: v for k, v in state.items() if k != "version"}),
         ("lacks", {k: v for k, v in state.items() if k != "chosen_dice"}),
+        ("lacks", {k: v for k, v in state.items() if k != "network_dice"}),
         ("different numbers", state | {"chosen": state["chosen"][:-1]}),
         ("different numbers", state | {"reference_rejected_logps": state["reference_rejected_logps"][:-1]}),
         ("different numbers", state | {"keys": state["keys"][:-1]}),
+        ("different numbers", state | {"network_dice": state["network_dice"][:-1]}),
         ("differ in shape", state | {"rejected": state["rejected"][:, :8]}),
         ("wrong type", state | {"images": None}),
         ("wrong type", state | {"chosen_dice": [0.5] * len(state["keys"])}),
@@ -379,7 +418,8 @@ def synthetic_set(count: int = 5, with_valid: bool = False, offset: int = 0) -> 
         reference_chosen_logps=-torch.arange(count, dtype=torch.float32) - offset,
         reference_rejected_logps=-2 * torch.arange(count, dtype=torch.float32) - offset,
         chosen_dice=torch.full((count,), 0.9), rejected_dice=torch.full((count,), 0.5),
-        keys=[f"k{i + offset}" for i in range(count)], round_index=1, epoch=10, num_items=count + 2,
+        network_dice=torch.full((count,), 0.8), keys=[f"k{i + offset}" for i in range(count)], round_index=1,
+        epoch=10, num_items=count + 2,
     )
 
 

@@ -63,6 +63,11 @@ def test_train_and_predict_2d(ws2d: Workspace, tmp_path: Path) -> None:
     assert all(n > 0 for n in logging["mapo_num_pairs"][1:])
     assert all(math.isfinite(v) for v in logging["mapo_dpo_loss"][1:])
     assert math.isfinite(logging["mapo_regen_seconds"][1]) and math.isnan(logging["mapo_regen_seconds"][2])
+    for key in ("mapo_dice_chosen", "mapo_dice_rejected", "mapo_dice_no_dropout"):  # logged at round epochs only
+        assert [math.isfinite(v) for v in logging[key]] == [False, True, False, True], key
+        assert all(0.0 <= v <= 1.0 for v in logging[key] if math.isfinite(v)), key
+    assert all(c > r for c, r in zip(logging["mapo_dice_chosen"][1::2], logging["mapo_dice_rejected"][1::2]))
+    assert "without dropout" in output
 
     # --val re-runs nnU-Net's validation from checkpoint_final (MAPO state present), --npz adds probabilities
     ws2d.train(901, "2d", 0, "nnUNetTrainerMAPO", "cpu", TINY, extra_args=["--val", "--npz"])
