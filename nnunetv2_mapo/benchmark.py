@@ -84,7 +84,13 @@ QUANTITIES: tuple[tuple[str, str, str], ...] = (
     ("preference_seconds", "preference rounds (s)", "{:.1f}"),
     ("preference_share", "preference rounds, share of epoch time", "{:.1%}"),
     ("peak_rss_gib", "peak memory, max RSS (GiB)", "{:.2f}"),
+    ("round_dice_chosen", "rounds: Dice of y+ (mean over pairs and rounds)", "{:.4f}"),
+    ("round_dice_rejected", "rounds: Dice of y-", "{:.4f}"),
+    ("round_dice_no_dropout", "rounds: Dice without dropout, same patches", "{:.4f}"),
 )
+# Round diagnostics logged by the MAPO trainer, averaged over the rounds of a run.
+ROUND_DICE_KEYS = {"round_dice_chosen": "mapo_dice_chosen", "round_dice_rejected": "mapo_dice_rejected",
+                   "round_dice_no_dropout": "mapo_dice_no_dropout"}
 _EPOCH_LINE = re.compile(r": Epoch (\d+)\s*$")
 
 
@@ -534,6 +540,19 @@ def epoch_timing(logging: Mapping[str, Sequence[float]], first_epoch: int) -> di
         seconds = float(sum(v for v in regen if math.isfinite(v)))
         result["preference_seconds"] = seconds
         result["preference_share"] = seconds / training if training and math.isfinite(training) else None
+    return result
+
+
+def round_dice(logging: Mapping[str, Sequence[float]], first_epoch: int) -> dict[str, float | None]:
+    """Mean Dice of y+, y- and of the prediction without dropout over the rounds from ``first_epoch`` on.
+
+    Returns:
+        One entry per key of ``ROUND_DICE_KEYS``; None where the key was not logged or no round ran.
+    """
+    result: dict[str, float | None] = {}
+    for name, key in ROUND_DICE_KEYS.items():
+        values = [float(v) for v in list(logging.get(key, []))[first_epoch:] if math.isfinite(float(v))]
+        result[name] = sum(values) / len(values) if values else None
     return result
 
 
@@ -1111,6 +1130,7 @@ class Benchmark:
             "wall_seconds": wall, "invocations": invocations,
             "peak_rss_bytes": rss, "peak_rss_gib": None if rss is None else rss / 2**30,
             **epoch_timing(logging, first),
+            **round_dice(logging, first),
             "curves": {k: [float(v) for v in logging.get(k, [])] for k in CURVE_KEYS},
         }
         if trainer == BASELINE_TRAINER:

@@ -27,6 +27,7 @@ from nnunetv2_mapo.benchmark import (
     format_table,
     make_plans_variant,
     paired_ratios,
+    round_dice,
     run_benchmark_from_args,
     run_process,
     summarize,
@@ -90,6 +91,17 @@ def test_epoch_timing_counts_own_epochs_only() -> None:
     assert timing["preference_seconds"] == pytest.approx(4.0) and timing["preference_share"] == pytest.approx(0.2)
     plain = epoch_timing({k: v for k, v in logging.items() if k != "mapo_regen_seconds"}, first_epoch=0)
     assert plain["epochs"] == 4 and plain["preference_seconds"] is None
+
+
+def test_round_dice_averages_the_rounds_after_the_warmup() -> None:
+    nan = math.nan
+    logging = {"mapo_dice_chosen": [0.1, nan, 0.8, nan, 0.6], "mapo_dice_rejected": [0.0, nan, 0.5, nan, 0.3],
+               "mapo_dice_no_dropout": [nan, nan, nan, nan, nan]}
+    values = round_dice(logging, first_epoch=2)  # epoch 0's value belongs to the warm-up and is left out
+    assert values["round_dice_chosen"] == pytest.approx(0.7)
+    assert values["round_dice_rejected"] == pytest.approx(0.4)
+    assert values["round_dice_no_dropout"] is None  # logged, but no round ran / older trainer
+    assert set(round_dice({}, first_epoch=0).values()) == {None}  # the baseline logs none of them
 
 
 def test_format_stat() -> None:
@@ -369,6 +381,9 @@ def test_benchmark_end_to_end(e2e_run: dict, capsys) -> None:
                          weights_only=False)["logging"]
     assert logging["lrs"][1] == pytest.approx(0.01 * 0.5 ** 0.9)
     assert math.isfinite(logging["mapo_regen_seconds"][1])
+    logged_chosen = logging["mapo_dice_chosen"][1]  # NaN when the tiny round found no pair
+    assert runs[MAPO]["round_dice_chosen"] == (logged_chosen if math.isfinite(logged_chosen) else None)
+    assert runs[BASELINE_TRAINER]["round_dice_no_dropout"] is None
     table = (folder / "results.md").read_text()
     assert "| quantity |" in table and "MAPO / baseline" in table and "budget overrides only" in table
     dice_row = next(line for line in table.splitlines() if line.startswith("| Dice"))
