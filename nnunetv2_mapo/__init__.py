@@ -6,7 +6,7 @@ the trainer classes, which pull in torch and nnU-Net, are imported on first acce
 
 from nnunetv2_mapo import discovery as _discovery
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _discovery.autoregister()
 

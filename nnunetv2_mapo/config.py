@@ -66,7 +66,7 @@ MAPO_SETTINGS: tuple[Setting, ...] = (
             "'element' drops single activations, 'channel' whole feature maps"),
     Setting("mapo_pair_margin", "float", "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0, 0.05,
             "tau: the dispreferred mask's Dice must be at least this far below the best"),
-    Setting("mapo_beta", "float", "a number > 0", lambda v: v > 0, 1.0, "DPO temperature beta"),
+    Setting("mapo_beta", "float", "a number > 0", lambda v: v > 0, 0.1, "DPO temperature beta"),
     Setting("mapo_weight", "float", "a number >= 0", lambda v: v >= 0, 0.5,
             "lambda: weight of the DPO term added to Dice+CE"),
     Setting("mapo_loss_type", "str", f"one of {list(LOSS_TYPES)}", lambda v: v in LOSS_TYPES, "sigmoid",
