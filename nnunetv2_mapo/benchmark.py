@@ -551,8 +551,8 @@ def round_dice(logging: Mapping[str, Sequence[float]], first_epoch: int) -> dict
     """
     result: dict[str, float | None] = {}
     for name, key in ROUND_DICE_KEYS.items():
-        values = [float(v) for v in list(logging.get(key, []))[first_epoch:] if math.isfinite(float(v))]
-        result[name] = sum(values) / len(values) if values else None
+        stat = aggregate(list(logging.get(key, []))[first_epoch:])  # NaN between rounds is left out
+        result[name] = stat["mean"] if stat["n"] else None
     return result
 
 

@@ -227,22 +227,22 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self.mapo_preference_set = preference_set
         self.mapo_round_index += 1
         self._mapo_epoch_round = {"seconds": seconds, "gap": preference_set.mean_dice_gap}
-        if len(preference_set):
+        if len(preference_set):  # the means the log line reports and the epoch's log keys record
             self._mapo_epoch_round |= {"chosen": float(preference_set.chosen_dice.mean()),
                                        "rejected": float(preference_set.rejected_dice.mean()),
                                        "no_dropout": float(preference_set.network_dice.mean())}
-        self._report_round(preference_set, seconds)
+        self._report_round(preference_set, self._mapo_epoch_round)
         return preference_set
 
-    def _report_round(self, preference_set: PreferenceSet, seconds: float) -> None:
+    def _report_round(self, preference_set: PreferenceSet, stats: dict) -> None:
+        seconds = stats["seconds"]
         if len(preference_set):
             self.print_to_log_file(
                 f"MAPO round {preference_set.round_index}: {len(preference_set)} pairs from "
                 f"{preference_set.num_items} items ({preference_set.num_items - len(preference_set)} without a Dice "
-                f"gap >= {self.mapo_pair_margin}); Dice chosen {preference_set.chosen_dice.mean():.4f}, rejected "
-                f"{preference_set.rejected_dice.mean():.4f}, gap {preference_set.mean_dice_gap:.4f}; without dropout "
-                f"{preference_set.network_dice.mean():.4f} (y+ better on {preference_set.chosen_beats_network:.0%} of "
-                f"the pairs); {seconds:.1f} s")
+                f"gap >= {self.mapo_pair_margin}); Dice chosen {stats['chosen']:.4f}, rejected "
+                f"{stats['rejected']:.4f}, gap {stats['gap']:.4f}; without dropout {stats['no_dropout']:.4f} "
+                f"(y+ better on {preference_set.chosen_beats_network:.0%} of the pairs); {seconds:.1f} s")
             return
         self.print_to_log_file(
             f"MAPO round {preference_set.round_index}: 0 pairs from {preference_set.num_items} items; {seconds:.1f} s. "
