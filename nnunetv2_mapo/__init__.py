@@ -1,30 +1,36 @@
 """nnunetv2_mapo: Model-Agnostic Preference Optimization (MAPO) as a native nnU-Net v2 trainer.
 
 Importing the package registers its trainers with nnU-Net (``nnUNet_extTrainer``). The package itself stays light:
-the trainer classes, which pull in torch and nnU-Net, are imported on first access.
+the names below, which pull in torch and nnU-Net, are imported on first access.
+
+Layout (``docs/architecture.md``): :mod:`.method` (plain torch), :mod:`.training` (the nnU-Net trainer and its
+variants), :mod:`.evaluation`, :mod:`.benchmark` and :mod:`.commands` (the ``nnunetv2_mapo`` command).
 """
 
 from nnunetv2_mapo import discovery as _discovery
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 _discovery.autoregister()
 
-_LAZY_TRAINERS = (
-    "nnUNetTrainerMAPO",
-    "nnUNetTrainerMAPO_NoWarmup",
-    "nnUNetTrainerMAPO_IPO",
-    "nnUNetTrainerMAPO_Hinge",
-    "nnUNetTrainerMAPO_ChannelDropout",
-)
+# Public name -> module that defines it.
+_LAZY = {
+    "nnUNetTrainerMAPO": "nnunetv2_mapo.training.trainer",
+    "nnUNetTrainerMAPO_NoWarmup": "nnunetv2_mapo.training.variants.schedule",
+    "nnUNetTrainerMAPO_IPO": "nnunetv2_mapo.training.variants.preference_loss",
+    "nnUNetTrainerMAPO_Hinge": "nnunetv2_mapo.training.variants.preference_loss",
+    "nnUNetTrainerMAPO_ChannelDropout": "nnunetv2_mapo.training.variants.dropout",
+    "dpo_loss": "nnunetv2_mapo.method.preference_loss",
+    "DPOLoss": "nnunetv2_mapo.method.preference_loss",
+}
 
 
 def __getattr__(name: str):
-    if name in _LAZY_TRAINERS:
-        from nnunetv2_mapo import trainer
+    if name in _LAZY:
+        import importlib
 
-        return getattr(trainer, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'nnunetv2_mapo' has no attribute {name!r}")
 
 
-__all__ = ["__version__", *_LAZY_TRAINERS]
+__all__ = ["__version__", *_LAZY]

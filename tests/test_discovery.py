@@ -12,7 +12,7 @@ from nnunetv2_mapo import discovery
 
 LOOKUP = (
     "import sys; from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find; "
-    "import nnunetv2_mapo.trainer as installed; "
+    "import nnunetv2_mapo as installed; "
     "classes = [find(name) for name in sys.argv[1:]]; "
     "print([c.__module__ for c in classes]); "
     "assert all(c is getattr(installed, c.__name__) for c in classes)"
@@ -28,7 +28,7 @@ def test_nnunet_lookup_finds_installed_classes_with_no_extra_step() -> None:
     environ = {k: v for k, v in os.environ.items() if k != discovery.ENV_VAR}
     result = _lookup(environ, "nnUNetTrainerMAPO", "nnUNetTrainerMAPO_NoWarmup")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "['nnunetv2_mapo.trainer', 'nnunetv2_mapo.trainer']" in result.stdout
+    assert "['nnunetv2_mapo.training.trainer', 'nnunetv2_mapo.training.variants.schedule']" in result.stdout
 
 
 def test_opt_out_then_env_lines_restore_the_lookup() -> None:
@@ -36,8 +36,8 @@ def test_opt_out_then_env_lines_restore_the_lookup() -> None:
     environ[discovery.OPT_OUT_VAR] = "1"
     assert _lookup(environ, "nnUNetTrainerMAPO").returncode != 0  # nnU-Net alone does not know the trainer
 
-    printed = subprocess.run([sys.executable, "-m", "nnunetv2_mapo.cli", "env"], capture_output=True, text=True,
-                             env=environ, timeout=120).stdout.strip()
+    printed = subprocess.run([sys.executable, "-m", "nnunetv2_mapo.commands.cli", "env"], capture_output=True,
+                             text=True, env=environ, timeout=120).stdout.strip()
     assert printed.startswith(f"export {discovery.ENV_VAR}=")
     shell = subprocess.run(["bash", "-c", f'{printed}; echo "${discovery.ENV_VAR}"'], capture_output=True,
                            text=True, env={**environ, discovery.ENV_VAR: "/some/other/folder"})

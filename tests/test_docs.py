@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from nnunetv2_mapo.config import ALL_SETTINGS, markdown_table
+from nnunetv2_mapo.training.settings import ALL_SETTINGS, markdown_table
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -18,3 +19,12 @@ def test_every_mapo_setting_has_a_rationale() -> None:
     for name in ALL_SETTINGS:
         if name.startswith("mapo_"):
             assert f"**`{name}`" in text, name
+
+
+def test_user_docs_cite_nothing_outside_the_repository() -> None:
+    readme = (DOCS.parent / "README.md").read_text().split("## Development", 1)[0]
+    for name, text in [("README.md", readme)] + [(p.name, p.read_text()) for p in DOCS.glob("*.md")]:
+        assert "../shared" not in text, name
+        for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):  # relative links resolve in the repository
+            base = DOCS.parent if name == "README.md" else DOCS
+            assert (base / link).exists(), (name, link)

@@ -1,0 +1,92 @@
+"""The figures of a benchmark: ``metrics.png`` and ``training_curves.png``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from nnunetv2_mapo.benchmark.stats import METRICS
+
+
+def plot_metrics(results: Mapping[str, Any], path: str) -> str:
+    """``metrics.png``: Dice, HD95 and ASD of every run per trainer, with mean ± std.
+
+    Args:
+        results: What :meth:`Benchmark.collect_results` returns.
+        path: The image file.
+
+    Returns:
+        ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+
+    trainers = results["trainers"]
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.5 * len(METRICS), 4.2))
+    for ax, metric in zip(axes, METRICS):
+        for index, trainer in enumerate(trainers):
+            values = [r.get(metric) for r in results["runs"] if r["trainer"] == trainer]
+            values = [v for v in values if v is not None and math.isfinite(v)]
+            jitter = np.linspace(-0.08, 0.08, len(values)) if len(values) > 1 else np.zeros(len(values))
+            ax.scatter(index + jitter, values, color=f"C{index}", alpha=0.6, zorder=3)
+            stat = results["summary"][trainer][metric]
+            if stat["n"]:
+                err = stat["std"] if math.isfinite(stat["std"]) else 0.0
+                ax.errorbar(index + 0.25, stat["mean"], yerr=err, fmt="D", color=f"C{index}", capsize=5, zorder=4)
+        ax.set_xticks(range(len(trainers)))
+        ax.set_xticklabels(["baseline", "MAPO"])
+        unit = " (mm)" if metric != "Dice" else ""
+        ax.set_title(f"{metric}{unit}")
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"{results['dataset']} {results['spec']['configuration']}: validation cases, runs and "
+                 f"mean ± std", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(results: Mapping[str, Any], path: str) -> str:
+    """``training_curves.png``: pseudo Dice (EMA solid, raw dotted) and losses (train solid, val dashed).
+
+    Args:
+        results: What :meth:`Benchmark.collect_results` returns (runs with ``curves``).
+        path: The image file.
+
+    Returns:
+        ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+
+    fig, (dice_ax, loss_ax) = plt.subplots(2, 1, figsize=(9, 8), sharex=True)
+    for index, trainer in enumerate(results["trainers"]):
+        label = "baseline" if index == 0 else "MAPO"
+        for number, run in enumerate(r for r in results["runs"] if r["trainer"] == trainer):
+            curves = run.get("curves") or {}
+            tag = label if number == 0 else None
+            for key, ax, style, alpha in (("ema_fg_dice", dice_ax, "-", 0.9), ("mean_fg_dice", dice_ax, ":", 0.5),
+                                          ("train_losses", loss_ax, "-", 0.9), ("val_losses", loss_ax, "--", 0.6)):
+                values = curves.get(key) or []
+                ax.plot(range(len(values)), values, style, color=f"C{index}", alpha=alpha,
+                        label=f"{tag} {key}" if tag else None)
+    warmup = results["spec"]["shared_warmup_epochs"]
+    for ax in (dice_ax, loss_ax):
+        if warmup:
+            ax.axvline(warmup - 0.5, color="grey", lw=1, ls="-.")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="best")
+    dice_ax.set_ylabel("pseudo Dice (EMA solid, per epoch dotted)")
+    loss_ax.set_ylabel("loss (train solid, val dashed)\nMAPO's train loss includes its DPO term")
+    loss_ax.set_xlabel("epoch" + (" (grey line: end of the shared warm-up)" if warmup else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

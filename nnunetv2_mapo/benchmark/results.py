@@ -1,0 +1,86 @@
+"""The results of a benchmark: one record per finished training, the environment, the written files."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from collections.abc import Mapping
+from typing import Any
+
+from nnunetv2_mapo.benchmark.plots import plot_curves, plot_metrics
+from nnunetv2_mapo.benchmark.process import _invocation_totals, _read_json, _write_json
+from nnunetv2_mapo.benchmark.report import format_table
+from nnunetv2_mapo.benchmark.stats import METRICS, epoch_timing, round_dice
+from nnunetv2_mapo.training.checkpointing import atomic_path
+
+EVALUATION_FILE = "benchmark_summary.json"
+CURVE_KEYS = ("mean_fg_dice", "ema_fg_dice", "train_losses", "val_losses")
+OUTPUT_FILES = ("results.json", "results.md", "metrics.png", "training_curves.png")
+
+
+def load_checkpoint(path: str) -> dict:
+    """An nnU-Net checkpoint written by this benchmark's trainings, on the CPU."""
+    import torch
+
+    # nnU-Net's own checkpoints (numpy scalars in the logging dict), written by this benchmark's trainings.
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+
+
+def run_record(folder: str, trainer: str, seed: int, fold: int, first_epoch: int, baseline: bool) -> dict[str, Any]:
+    """The record of one finished and evaluated training.
+
+    Args:
+        folder: Its nnU-Net fold folder.
+        trainer: Its trainer.
+        seed: Its repetition.
+        fold: Its fold.
+        first_epoch: The first epoch it trained itself (after a shared warm-up).
+        baseline: Whether it is the baseline (no preference rounds).
+    """
+    summary = _read_json(os.path.join(folder, EVALUATION_FILE))
+    fg = summary["foreground_mean"]
+    logging = load_checkpoint(os.path.join(folder, "checkpoint_final.pth"))["logging"]
+    wall, rss, invocations = _invocation_totals(folder)
+    record: dict[str, Any] = {
+        "trainer": trainer, "seed": seed, "fold": fold, "output_folder": folder,
+        "num_cases": len(summary["metric_per_case"]),
+        **{m: float(fg[m]) if fg.get(m) is not None else math.nan for m in METRICS},
+        "counts": {k: fg[k] for k in ("n_surface_evaluated", "n_both_empty", "n_ref_empty_pred_nonempty",
+                                      "n_pred_empty_ref_nonempty") if k in fg},
+        "per_class": {str(k): {m: v.get(m) for m in METRICS} for k, v in summary["mean"].items()},
+        "wall_seconds": wall, "invocations": invocations,
+        "peak_rss_bytes": rss, "peak_rss_gib": None if rss is None else rss / 2**30,
+        **epoch_timing(logging, first_epoch),
+        **round_dice(logging, first_epoch),
+        "curves": {k: [float(v) for v in logging.get(k, [])] for k in CURVE_KEYS},
+    }
+    if baseline:
+        record["preference_seconds"] = record["preference_share"] = None
+    return record
+
+
+def environment_record() -> dict[str, Any]:
+    """Versions and machine of this run."""
+    import nnunetv2
+    import torch
+
+    from nnunetv2_mapo import __version__
+
+    return {"nnunetv2_mapo": __version__, "nnunetv2": getattr(nnunetv2, "__version__", None),
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "cpu_count": os.cpu_count()}
+
+
+def write_outputs(folder: str, results: Mapping[str, Any]) -> dict[str, str]:
+    """``results.json``, ``results.md``, ``metrics.png``, ``training_curves.png`` in ``folder``."""
+    paths = {name: os.path.join(folder, name) for name in OUTPUT_FILES}
+    _write_json(paths["results.json"], results)
+    with atomic_path(paths["results.md"]) as temporary:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(format_table(results))
+    plot_metrics(results, paths["metrics.png"])
+    plot_curves(results, paths["training_curves.png"])
+    return paths

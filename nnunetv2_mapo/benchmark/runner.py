@@ -1,0 +1,397 @@
+"""The benchmark's run: warm-up, trainings, evaluation and results (the package docstring says how it works)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import glob
+import io
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, fields
+from typing import Any
+
+from nnunetv2_mapo.benchmark.dataset import locate_dataset
+from nnunetv2_mapo.benchmark.lookup import find_trainer_class, with_benchmark_trainers
+from nnunetv2_mapo.benchmark.plans import check_configuration, write_plans_variant
+from nnunetv2_mapo.benchmark.process import (
+    _Interrupted,
+    _invocation_totals,
+    _read_json,
+    _record_invocation,
+    _write_json,
+    run_process,
+)
+from nnunetv2_mapo.benchmark.report import _epochs
+from nnunetv2_mapo.benchmark.results import (
+    EVALUATION_FILE,
+    environment_record,
+    load_checkpoint,
+    run_record,
+    write_outputs,
+)
+from nnunetv2_mapo.benchmark.spec import (
+    BASELINE_TRAINER,
+    DEFAULT_PLANS,
+    SPEC_FILE,
+    STANDARD_CONFIGURATIONS,
+    WARMUP_TRAINER,
+    BenchmarkFailed,
+    BenchmarkInputError,
+    BenchmarkSpec,
+    benchmark_name,
+    trainer_settings,
+    validate_spec,
+)
+from nnunetv2_mapo.benchmark.stats import paired_ratios, summarize
+from nnunetv2_mapo.commands.workspace import CommandFailed, NNUNetCommandNotFound, Workspace, nnunet_command
+from nnunetv2_mapo.training.checkpointing import atomic_path, initial_trainer_state, write_state
+from nnunetv2_mapo.training.settings import ENV_VAR
+
+_EPOCH_LINE = re.compile(r": Epoch (\d+)\s*$")
+
+
+class Benchmark:
+    """One benchmark in a workspace; :meth:`run` does everything. See the module docstring.
+
+    Args:
+        spec: What to run (checked with :func:`validate_spec`).
+        out: Where progress lines go (default stdout).
+
+    Raises:
+        BenchmarkInputError: From :func:`validate_spec`.
+    """
+
+    def __init__(self, spec: BenchmarkSpec, out: Any = None) -> None:
+        validate_spec(spec)
+        self.spec = spec
+        self.out = out or sys.stdout
+        self.started = time.monotonic()
+        self.workspace: Workspace | None = None
+        self.dataset_name = ""
+        self.folder = ""
+
+    # -------------------------------------------------------------------------------------------- helpers
+    def step(self, message: str) -> None:
+        """Prints one progress line with the elapsed time."""
+        print(f"[{time.monotonic() - self.started:8.1f} s] {message}", file=self.out, flush=True)
+
+    @property
+    def trainers(self) -> tuple[str, str]:
+        """``(baseline, MAPO trainer)``."""
+        return BASELINE_TRAINER, self.spec.mapo_trainer
+
+    def results_root(self, seed: int) -> str:
+        """The ``nnUNet_results`` folder of one repetition."""
+        return os.path.join(self.folder, f"seed_{seed}", "nnUNet_results")
+
+    def fold_folder(self, seed: int, trainer: str, fold: int) -> str:
+        """nnU-Net's output folder of one training."""
+        return os.path.join(self.results_root(seed), self.dataset_name,
+                            f"{trainer}__{self.spec.plans_identifier}__{self.spec.configuration}", f"fold_{fold}")
+
+    def log_file(self, seed: int, fold: int, trainer: str) -> str:
+        """The output of the ``nnUNetv2_train`` runs of one training."""
+        return os.path.join(self.folder, "logs", f"seed{seed}_fold{fold}_{trainer}.log")
+
+    @staticmethod
+    def trained(fold_folder: str) -> bool:
+        """nnU-Net finished training and final validation."""
+        return (os.path.isfile(os.path.join(fold_folder, "checkpoint_final.pth"))
+                and os.path.isfile(os.path.join(fold_folder, "validation", "summary.json")))
+
+    @staticmethod
+    def finished(fold_folder: str) -> bool:
+        """Trained and evaluated."""
+        return (os.path.isfile(os.path.join(fold_folder, "checkpoint_final.pth"))
+                and os.path.isfile(os.path.join(fold_folder, EVALUATION_FILE)))
+
+    # ------------------------------------------------------------------------------------------ preparation
+    def prepare(self) -> None:
+        """Dataset, plans, batch-size variant, folds, trainer lookup: every check before training starts.
+
+        Raises:
+            BenchmarkInputError: Missing dataset, unknown configuration or fold, settings that do not match an
+                earlier run of the same benchmark folder, a trainer nnU-Net cannot find.
+        """
+        spec = self.spec
+        try:  # before any work: the commands the benchmark runs exist
+            for command in ("nnUNetv2_plan_and_preprocess", "nnUNetv2_train"):
+                nnunet_command(command)
+        except NNUNetCommandNotFound as err:
+            raise BenchmarkInputError(str(err)) from err
+        self.workspace = workspace = Workspace(spec.workdir)
+        self.dataset_name = locate_dataset(spec, workspace, self.step)
+        dataset_pre = os.path.join(workspace.preprocessed, self.dataset_name)
+        plans_file = os.path.join(dataset_pre, DEFAULT_PLANS + ".json")
+        if os.path.isfile(plans_file):
+            check_configuration(_read_json(plans_file), spec.configuration, plans_file)
+        elif spec.configuration not in STANDARD_CONFIGURATIONS:
+            raise BenchmarkInputError(f"Configuration {spec.configuration!r} is not one nnUNetv2_plan_and_preprocess "
+                                      f"creates ({list(STANDARD_CONFIGURATIONS)}); plan the dataset first.")
+        self.folder = os.path.join(workspace.root, "benchmarks", spec.name or benchmark_name(spec, self.dataset_name))
+        spec_file = os.path.join(self.folder, SPEC_FILE)
+        if os.path.isfile(spec_file):
+            earlier = _read_json(spec_file)
+            absent = {f.name: f.default for f in fields(BenchmarkSpec)}  # keys added later: their default then
+            differ = {k: (earlier.get(k, absent[k]), v) for k, v in spec.comparable().items()
+                      if earlier.get(k, absent[k]) != v}
+            if differ:
+                raise BenchmarkInputError(
+                    f"{self.folder} holds a benchmark with other settings (earlier, now): {differ}. Use another "
+                    f"--name or --workdir, or the earlier settings.")
+        splits_file = os.path.join(dataset_pre, "splits_final.json")
+        count = len(_read_json(splits_file)) if os.path.isfile(splits_file) else 5  # nnU-Net's default: 5 folds
+        if any(f >= count for f in spec.folds):
+            raise BenchmarkInputError(f"Folds {list(spec.folds)}: the split has folds 0-{count - 1} "
+                                      f"({splits_file if os.path.isfile(splits_file) else 'nnU-Net default'}).")
+        if not spec.report_only:
+            if not all(self.finished(self.fold_folder(seed, t, fold))
+                       for seed in range(spec.seeds) for fold in spec.folds for t in self.trainers):
+                self._check_trainers()  # a few seconds (nnU-Net imports its trainer tree): only when needed
+            os.makedirs(os.path.join(self.folder, "logs"), exist_ok=True)
+            _write_json(spec_file, spec.comparable())
+            self.step(f"planning and preprocessing {self.dataset_name} ({spec.configuration}; skipped if done)")
+            try:
+                workspace.plan_and_preprocess(spec.dataset_id, [spec.configuration],
+                                              log_file=os.path.join(self.folder, "logs", "plan_and_preprocess.log"))
+            except CommandFailed as err:
+                raise BenchmarkFailed(str(err)) from err
+            check_configuration(_read_json(plans_file), spec.configuration, plans_file)
+            if spec.batch_size is not None:
+                identifier = write_plans_variant(dataset_pre, spec.configuration, spec.batch_size)
+                self.step(f"plans variant {identifier}.json (batch size {spec.batch_size}, same preprocessed data)")
+
+    def _check_trainers(self) -> None:
+        from nnunetv2_mapo.training.trainer import nnUNetTrainerMAPO
+
+        for name in (*self.trainers, WARMUP_TRAINER):
+            try:
+                cls = find_trainer_class(name)
+            except (RuntimeError, AssertionError) as err:
+                raise BenchmarkInputError(f"nnU-Net cannot find the trainer {name!r}: {err}") from err
+            if name == self.spec.mapo_trainer and not issubclass(cls, nnUNetTrainerMAPO):
+                raise BenchmarkInputError(f"--mapo-trainer {name} is not a subclass of nnUNetTrainerMAPO.")
+
+    def environment(self, seed: int, settings: Mapping[str, Any], extra: Mapping[str, str] | None = None
+                    ) -> dict[str, str]:
+        """The environment of one ``nnUNetv2_train``: workspace folders, this seed's results, the settings."""
+        assert self.workspace is not None
+        env = self.workspace.environment({"nnUNet_results": self.results_root(seed),
+                                          "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0"),
+                                          ENV_VAR: json.dumps(dict(settings)), **(extra or {})})
+        return with_benchmark_trainers(env)
+
+    @staticmethod
+    def train_command(dataset_id: int, configuration: str, fold: int, trainer: str, plans: str, device: str
+                      ) -> list[str]:
+        """The ``nnUNetv2_train`` command line of one training (always ``--c``: resume whatever is on disk)."""
+        return [nnunet_command("nnUNetv2_train"), str(dataset_id), configuration, str(fold), "-tr", trainer, "-p",
+                plans, "-device", device, "--c"]
+
+    # -------------------------------------------------------------------------------------------- training
+    def _train(self, seed: int, fold: int, trainer: str, settings: Mapping[str, Any], what: str,
+               extra_env: Mapping[str, str] | None = None) -> None:
+        spec = self.spec
+        fold_folder = self.fold_folder(seed, trainer, fold)
+        os.makedirs(fold_folder, exist_ok=True)
+        log_file = self.log_file(seed, fold, trainer)
+        total = settings["num_epochs"]
+        self.step(f"seed {seed} fold {fold}: training {what} ({trainer}, {_epochs(total)} in all); log {log_file}")
+
+        def progress(line: str) -> None:
+            match = _EPOCH_LINE.search(line)
+            if match:
+                self.step(f"    epoch {int(match.group(1)) + 1}/{total}")
+            elif line.rstrip().endswith("Training done.") and trainer != WARMUP_TRAINER:
+                self.step("    training done; nnU-Net's final validation")
+
+        command = self.train_command(spec.dataset_id, spec.configuration, fold, trainer, spec.plans_identifier,
+                                     spec.device)
+        try:
+            invocation = run_process(command, self.environment(seed, settings, extra_env), log_file, progress)
+        except _Interrupted as interrupted:
+            _record_invocation(fold_folder, trainer, interrupted.invocation)
+            raise KeyboardInterrupt from None
+        _record_invocation(fold_folder, trainer, invocation)
+        if invocation.returncode != 0:
+            with open(log_file, encoding="utf-8", errors="replace") as handle:
+                tail = "\n".join(handle.read().strip().splitlines()[-30:])
+            raise BenchmarkFailed(f"nnUNetv2_train ({trainer}, seed {seed}, fold {fold}) failed with exit code "
+                                  f"{invocation.returncode}. Full output: {log_file}\n{tail}")
+        rss = "?" if invocation.max_rss_bytes is None else f"{invocation.max_rss_bytes / 2**30:.2f} GiB"
+        self.step(f"seed {seed} fold {fold}: {trainer} done in {invocation.wall_seconds:.1f} s, peak RSS {rss}")
+
+    def _warmup(self, seed: int, fold: int) -> str:
+        """Runs (or finds) the shared warm-up of ``seed`` (see ``single_warmup``); returns its checkpoint_final."""
+        spec = self.spec
+        seed = spec.warmup_seed(seed)
+        folder = self.fold_folder(seed, WARMUP_TRAINER, fold)
+        checkpoint = os.path.join(folder, "checkpoint_final.pth")
+        if os.path.isfile(checkpoint):
+            self.step(f"seed {seed} fold {fold}: skip shared warm-up (finished)")
+            return checkpoint
+        from nnunetv2_mapo.benchmark.trainers import SCHEDULE_ENV_VAR
+
+        self._train(seed, fold, WARMUP_TRAINER, trainer_settings(spec, "warmup", seed),
+                    f"the shared warm-up ({_epochs(spec.shared_warmup_epochs)})",
+                    {SCHEDULE_ENV_VAR: str(spec.total_epochs)})
+        if not os.path.isfile(checkpoint):
+            raise BenchmarkFailed(f"The warm-up finished without {checkpoint}.")
+        return checkpoint
+
+    def _start_from_warmup(self, warmup_checkpoint: str, fold_folder: str, mapo: bool, seed: int) -> None:
+        """Copies the warm-up checkpoint as ``checkpoint_latest.pth`` (plus MAPO's initial state) for ``--c``."""
+        os.makedirs(fold_folder, exist_ok=True)
+        target = os.path.join(fold_folder, "checkpoint_latest.pth")
+        if mapo:
+            epoch = int(load_checkpoint(warmup_checkpoint)["current_epoch"])
+            write_state(target, epoch, initial_trainer_state(seed))  # the state first: the pair is never incomplete
+        with atomic_path(target) as temporary:
+            shutil.copyfile(warmup_checkpoint, temporary)
+
+    def _needs_start(self, fold_folder: str, mapo: bool) -> bool:
+        """No checkpoint yet to continue from (or, for MAPO, one without its state: an interrupted copy)."""
+        for name in ("checkpoint_final.pth", "checkpoint_latest.pth"):
+            path = os.path.join(fold_folder, name)
+            if os.path.isfile(path):
+                if not mapo:
+                    return False
+                return not glob.glob(glob.escape(path) + ".mapo_e*.pt")
+        return True
+
+    def _evaluate(self, seed: int, fold: int, trainer: str) -> None:
+        from nnunetv2_mapo.evaluation.folder import evaluate_folder
+
+        assert self.workspace is not None
+        fold_folder = self.fold_folder(seed, trainer, fold)
+        output_base = os.path.dirname(fold_folder)
+        self.step(f"seed {seed} fold {fold}: evaluating {trainer} (Dice, HD95, ASD)")
+        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints which reader it uses
+            summary = evaluate_folder(
+                os.path.join(self.workspace.preprocessed, self.dataset_name, "gt_segmentations"),
+                os.path.join(fold_folder, "validation"), os.path.join(output_base, "dataset.json"),
+                os.path.join(output_base, "plans.json"), os.path.join(fold_folder, EVALUATION_FILE), 1)
+        fg = summary["foreground_mean"]
+        self.step(f"seed {seed} fold {fold}: {trainer}: Dice {fg['Dice']:.4f}, HD95 {fg.get('HD95', math.nan):.2f}, "
+                  f"ASD {fg.get('ASD', math.nan):.3f} ({len(summary['metric_per_case'])} cases)")
+
+    def run_pair(self, seed: int, fold: int) -> None:
+        """Warm-up (if any), both trainings and their evaluation for one seed and fold; finished steps are skipped."""
+        spec = self.spec
+        folders = {t: self.fold_folder(seed, t, fold) for t in self.trainers}
+        pending = [t for t in self.trainers if not self.finished(folders[t])]
+        for trainer in self.trainers:
+            if trainer not in pending:
+                self.step(f"seed {seed} fold {fold}: skip {trainer} (finished)")
+        if not pending:
+            return
+        warmup_checkpoint = None
+        if spec.shared_warmup_epochs and any(
+                not self.trained(folders[t]) and self._needs_start(folders[t], t != BASELINE_TRAINER) for t in pending):
+            warmup_checkpoint = self._warmup(seed, fold)
+        for trainer in pending:
+            folder = folders[trainer]
+            role = "baseline" if trainer == BASELINE_TRAINER else "mapo"
+            if not self.trained(folder):
+                if warmup_checkpoint and self._needs_start(folder, role == "mapo"):
+                    self._start_from_warmup(warmup_checkpoint, folder, role == "mapo", seed)
+                    self.step(f"seed {seed} fold {fold}: {trainer} starts from the shared warm-up checkpoint")
+                what = "the baseline" if role == "baseline" else "MAPO"
+                if spec.shared_warmup_epochs:
+                    what += f" (continues after the shared warm-up of {_epochs(spec.shared_warmup_epochs)})"
+                self._train(seed, fold, trainer, trainer_settings(spec, role, seed), what)
+                if not self.trained(folder):
+                    raise BenchmarkFailed(f"{trainer} (seed {seed}, fold {fold}) ended without checkpoint_final.pth "
+                                          f"and validation/summary.json in {folder}; see "
+                                          f"{self.log_file(seed, fold, trainer)}.")
+            self._evaluate(seed, fold, trainer)
+
+    # ------------------------------------------------------------------------------------------- results
+    def run_record(self, seed: int, fold: int, trainer: str) -> dict[str, Any] | None:
+        """The record of one finished training, read from its folder; None when it is not finished."""
+        folder = self.fold_folder(seed, trainer, fold)
+        if not self.finished(folder):
+            return None
+        return run_record(folder, trainer, seed, fold, self.spec.shared_warmup_epochs, trainer == BASELINE_TRAINER)
+
+    def collect_results(self) -> dict[str, Any]:
+        """Reads every finished training of the requested seeds and folds; summary and ratios."""
+        spec = self.spec
+        runs, missing, warmups = [], [], []
+        for seed in range(spec.seeds):
+            for fold in spec.folds:
+                for trainer in self.trainers:
+                    record = self.run_record(seed, fold, trainer)
+                    if record is None:
+                        missing.append(f"{trainer} seed {seed} fold {fold}")
+                    else:
+                        runs.append(record)
+                if spec.shared_warmup_epochs and spec.warmup_seed(seed) == seed:
+                    wall, rss, _ = _invocation_totals(self.fold_folder(seed, WARMUP_TRAINER, fold))
+                    if wall is not None:
+                        warmups.append({"seed": seed, "fold": fold, "wall_seconds": wall, "peak_rss_bytes": rss})
+        batch_size = spec.batch_size
+        plans_file = os.path.join(self.workspace.preprocessed if self.workspace else "", self.dataset_name,
+                                  spec.plans_identifier + ".json")
+        if batch_size is None and os.path.isfile(plans_file):
+            from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+            batch_size = PlansManager(plans_file).get_configuration(spec.configuration).batch_size
+        return {
+            "spec": {**asdict(spec), "folds": list(spec.folds)},
+            "dataset": self.dataset_name, "plans_identifier": spec.plans_identifier, "batch_size": batch_size,
+            "trainers": list(self.trainers), "baseline_note": "nnUNetTrainer + budget overrides only",
+            "summary": summarize(runs, self.trainers),
+            "ratios": paired_ratios(runs, *self.trainers),
+            "runs": runs, "warmups": warmups, "missing": missing,
+            "environment": environment_record(),
+            "written": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
+
+    def run(self) -> dict[str, Any]:
+        """Prepares, trains and evaluates what is not finished, and writes the results.
+
+        Returns:
+            The results (also in ``results.json``), with ``paths`` of the written files added.
+
+        Raises:
+            BenchmarkInputError: Bad input, found before any training.
+            BenchmarkFailed: An nnU-Net command failed (its log file is named).
+            KeyboardInterrupt: Interrupted; running the same command again continues.
+        """
+        self.prepare()
+        if not self.spec.report_only:
+            for seed in range(self.spec.seeds):
+                for fold in self.spec.folds:
+                    self.run_pair(seed, fold)
+        results = self.collect_results()
+        if not results["runs"]:
+            raise BenchmarkInputError(f"No finished training in {self.folder} to report.")
+        paths = write_outputs(self.folder, results)
+        self.step(f"results: {paths['results.md']} (and results.json, metrics.png, training_curves.png)")
+        return {**results, "paths": paths}
+
+
+def run_benchmark(spec: BenchmarkSpec, out: Any = None) -> dict[str, Any]:
+    """Runs a benchmark (see the module docstring).
+
+    Args:
+        spec: What to run.
+        out: Stream for the progress lines (default stdout).
+
+    Returns:
+        The results, as written to ``results.json``, plus ``paths`` of the written files.
+
+    Raises:
+        BenchmarkInputError: Bad input, found before any training.
+        BenchmarkFailed: An nnU-Net command failed.
+        KeyboardInterrupt: Interrupted; the same command continues.
+    """
+    return Benchmark(spec, out).run()

@@ -1,0 +1,225 @@
+"""What a benchmark runs (:class:`BenchmarkSpec`), its checks before any training, and each training's settings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from nnunetv2_mapo.training.settings import MAPOConfigError, parse_config_source
+
+BASELINE_TRAINER = "nnUNetTrainerBenchmarkBaseline"
+WARMUP_TRAINER = "nnUNetTrainerBenchmarkWarmup"
+DEFAULT_MAPO_TRAINER = "nnUNetTrainerMAPO"
+DEFAULT_PLANS = "nnUNetPlans"
+STANDARD_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
+BUDGET_KEYS = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "save_every")
+EVALUATION_FILE = "benchmark_summary.json"
+SPEC_FILE = "spec.json"
+
+
+
+class BenchmarkInputError(ValueError):
+    """Unusable benchmark input (missing dataset, unknown configuration, bad budget or settings)."""
+
+
+class BenchmarkFailed(RuntimeError):
+    """An nnU-Net command of the benchmark failed; the message names its log file."""
+
+
+@dataclass
+class BenchmarkSpec:
+    """What to benchmark.
+
+    Args:
+        dataset_id: nnU-Net dataset id.
+        configuration: nnU-Net configuration (``2d``, ``3d_fullres``, ...).
+        folds: Folds of nnU-Net's cross-validation split.
+        epochs: Epochs each trainer trains (after the shared warm-up, if any).
+        iterations: Training iterations per epoch.
+        val_iterations: Validation iterations per epoch (nnU-Net's pseudo Dice).
+        seeds: Number of repetitions (>= 1); see the module docstring.
+        workdir: Workspace folder (nnU-Net folders and the benchmark's outputs).
+        batch_size: Batch size override (a plans variant ``nnUNetPlans_bs{B}``), or None for the planned one.
+        shared_warmup_epochs: W, epochs of a shared warm-up both trainers continue from (0: none).
+        single_warmup: One warm-up per fold for all seeds (seed 0's) instead of one per seed and fold: the seeds then
+            repeat the comparison from the same start, which saves ``seeds - 1`` warm-ups when the warm-up is long.
+        raw_source: An nnU-Net raw dataset folder copied into the workspace if it is not there yet (read only).
+        settings: Further ``nnUNet_mapo_config`` settings: ``mapo_*`` keys for the MAPO trainer, nnU-Net keys
+            (``initial_lr``, ``weight_decay``, ``oversample_foreground_percent``) for every trainer.
+        mapo_trainer: The MAPO trainer class (``nnUNetTrainerMAPO`` or a subclass nnU-Net can find).
+        device: ``cpu``, ``cuda`` or ``mps``.
+        save_every: Epochs between nnU-Net's ``checkpoint_latest.pth`` (what an interrupted training resumes from).
+        name: Sub-folder of ``workdir/benchmarks`` (default: derived from dataset, configuration and budget).
+        report_only: Train nothing; summarise what is finished on disk.
+    """
+
+    dataset_id: int
+    configuration: str
+    folds: tuple[int, ...]
+    epochs: int
+    iterations: int
+    val_iterations: int
+    seeds: int = 1
+    workdir: str = "benchmark_runs"
+    batch_size: int | None = None
+    shared_warmup_epochs: int = 0
+    single_warmup: bool = False
+    raw_source: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    mapo_trainer: str = DEFAULT_MAPO_TRAINER
+    device: str = "cpu"
+    save_every: int = 5
+    name: str | None = None
+    report_only: bool = False
+
+    @property
+    def plans_identifier(self) -> str:
+        """``nnUNetPlans`` or, with a batch size override, ``nnUNetPlans_bs{B}``."""
+        return plans_identifier(self.batch_size)
+
+    @property
+    def total_epochs(self) -> int:
+        """``num_epochs`` of the trainers: warm-up plus own epochs."""
+        return self.shared_warmup_epochs + self.epochs
+
+    def comparable(self) -> dict[str, Any]:
+        """The fields that define the results (not seeds, folds, paths): a re-run must match them."""
+        keep = ("dataset_id", "configuration", "epochs", "iterations", "val_iterations", "batch_size",
+                "shared_warmup_epochs", "single_warmup", "settings", "mapo_trainer", "device")
+        return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k in keep}))
+
+    def warmup_seed(self, seed: int) -> int:
+        """The seed whose warm-up ``seed`` continues from."""
+        return 0 if self.single_warmup else seed
+
+
+def plans_identifier(batch_size: int | None) -> str:
+    """The plans identifier (``-p``) for a batch size override.
+
+    Args:
+        batch_size: The override, or None.
+
+    Returns:
+        ``nnUNetPlans`` without override, else ``nnUNetPlans_bs{batch_size}``.
+    """
+    return DEFAULT_PLANS if batch_size is None else f"{DEFAULT_PLANS}_bs{int(batch_size)}"
+
+
+def _positive(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise BenchmarkInputError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+def validate_spec(spec: BenchmarkSpec) -> None:
+    """Checks everything that can be checked without nnU-Net's files (budget, seeds, settings).
+
+    Args:
+        spec: The benchmark.
+
+    Raises:
+        BenchmarkInputError: A value out of range, or settings that the benchmark sets itself.
+    """
+    _positive("--dataset", spec.dataset_id, 0)
+    for name, value in (("--epochs", spec.epochs), ("--iterations", spec.iterations),
+                        ("--val-iterations", spec.val_iterations), ("--seeds", spec.seeds),
+                        ("--save-every", spec.save_every)):
+        _positive(name, value)
+    _positive("--shared-warmup-epochs", spec.shared_warmup_epochs, 0)
+    if spec.batch_size is not None:
+        _positive("--batch-size", spec.batch_size)
+    if not spec.folds:
+        raise BenchmarkInputError("Give at least one fold.")
+    for fold in spec.folds:
+        _positive("fold", fold, 0)
+    if len(set(spec.folds)) != len(spec.folds):
+        raise BenchmarkInputError(f"Folds are repeated: {list(spec.folds)}.")
+    if spec.device not in ("cpu", "cuda", "mps"):
+        raise BenchmarkInputError(f"--device must be cpu, cuda or mps, got {spec.device!r}.")
+    if not spec.configuration or not re.fullmatch(r"[A-Za-z0-9_.-]+", spec.configuration):
+        raise BenchmarkInputError(f"Invalid configuration name {spec.configuration!r}.")
+    if spec.name is not None and not re.fullmatch(r"[A-Za-z0-9_.+-]+", spec.name):
+        raise BenchmarkInputError(f"--name may only hold letters, digits and _.+-, got {spec.name!r}.")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", spec.mapo_trainer):
+        raise BenchmarkInputError(f"Invalid trainer class name {spec.mapo_trainer!r}.")
+    fixed = [k for k in BUDGET_KEYS if k in spec.settings]
+    if fixed:
+        raise BenchmarkInputError(f"Settings {fixed} are set by the benchmark (--epochs, --iterations, "
+                                  f"--val-iterations, --save-every); remove them from --settings.")
+    if "mapo_seed" in spec.settings:
+        raise BenchmarkInputError("mapo_seed is set to the seed index of each repetition; remove it from --settings.")
+    warmup = spec.settings.get("mapo_warmup_epochs")
+    if spec.single_warmup and not spec.shared_warmup_epochs:
+        raise BenchmarkInputError("--single-warmup needs --shared-warmup-epochs W >= 1 (the warm-up to share).")
+    if spec.shared_warmup_epochs and "mapo_warmup_epochs" in spec.settings:
+        raise BenchmarkInputError(f"With --shared-warmup-epochs {spec.shared_warmup_epochs}, MAPO's warm-up is the "
+                                  f"shared one (mapo_warmup_epochs = {spec.shared_warmup_epochs}); remove "
+                                  f"mapo_warmup_epochs from --settings.")
+    if warmup is not None and warmup >= spec.epochs:
+        raise BenchmarkInputError(f"mapo_warmup_epochs = {warmup} leaves no epoch for MAPO within --epochs "
+                                  f"{spec.epochs}.")
+
+
+def parse_settings(text: str | None) -> dict[str, Any]:
+    """``--settings``: inline JSON or a JSON file, checked like ``nnUNet_mapo_config``.
+
+    Args:
+        text: The argument, or None.
+
+    Returns:
+        The validated settings (JSON types; rates as lists).
+
+    Raises:
+        BenchmarkInputError: Malformed JSON or an invalid key or value.
+    """
+    if text is None or not text.strip():
+        return {}
+    try:
+        parsed = parse_config_source(text)
+    except MAPOConfigError as err:
+        raise BenchmarkInputError(f"--settings: {err}") from err
+    return json.loads(json.dumps(parsed))
+
+
+def trainer_settings(spec: BenchmarkSpec, role: str, seed: int) -> dict[str, Any]:
+    """The ``nnUNet_mapo_config`` object of one training.
+
+    Args:
+        spec: The benchmark.
+        role: ``'warmup'``, ``'baseline'`` or ``'mapo'``.
+        seed: The repetition.
+
+    Returns:
+        Budget keys for every role; the nnU-Net keys of ``spec.settings`` for every role; the ``mapo_*`` keys,
+        ``mapo_seed = seed`` and (with a shared warm-up) ``mapo_warmup_epochs = W`` for ``'mapo'`` only.
+
+    Raises:
+        ValueError: Unknown role.
+    """
+    if role not in ("warmup", "baseline", "mapo"):
+        raise ValueError(f"Unknown role {role!r}.")
+    epochs = spec.shared_warmup_epochs if role == "warmup" else spec.total_epochs
+    settings: dict[str, Any] = {"num_epochs": epochs, "num_iterations_per_epoch": spec.iterations,
+                                "num_val_iterations_per_epoch": spec.val_iterations, "save_every": spec.save_every}
+    for key, value in spec.settings.items():
+        if role == "mapo" or not key.startswith("mapo_"):
+            settings[key] = value
+    if role == "mapo":
+        settings["mapo_seed"] = seed
+        if spec.shared_warmup_epochs:
+            settings["mapo_warmup_epochs"] = spec.shared_warmup_epochs
+    return settings
+
+
+def benchmark_name(spec: BenchmarkSpec, dataset_name: str) -> str:
+    """The default sub-folder name: dataset, configuration, plans, budget, MAPO trainer and settings."""
+    name = (f"{dataset_name}__{spec.configuration}__{spec.plans_identifier}__w{spec.shared_warmup_epochs}"
+            f"{'x1' if spec.single_warmup else ''}-e{spec.epochs}-it{spec.iterations}-val{spec.val_iterations}")
+    if spec.mapo_trainer != DEFAULT_MAPO_TRAINER:
+        name += f"__{spec.mapo_trainer}"
+    if spec.settings:
+        digest = hashlib.sha1(json.dumps(spec.settings, sort_keys=True).encode()).hexdigest()[:8]
+        name += f"__settings-{digest}"
+    return name

@@ -1,0 +1,14 @@
+"""The method as plain torch: nothing here knows nnU-Net's trainer.
+
+- :mod:`.dropout`: dropout hooks injected into any network (state-dict keys unchanged)
+- :mod:`.scoring`: hypotheses to masks, Dice against the ground truth, choice of (y+, y-)
+- :mod:`.preference_loss`: mask log-likelihoods and the preference losses (DPO, IPO, hinge)
+- :mod:`.preference_set`: the pairs of one round, their sampling and their saved state
+- :mod:`.schedule`: how many pairs a training step carries, which rate each hypothesis uses
+- :mod:`.round`: one preference round, from patches to pairs
+
+The named options below are imported by the settings table as well, so this file imports nothing.
+"""
+
+LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+DROPOUT_MODES = ("element", "channel")

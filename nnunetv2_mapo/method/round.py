@@ -1,0 +1,126 @@
+"""One preference round, from patches to pairs (plain torch; the trainer supplies the patches).
+
+For each item the round runs K dropout hypotheses in batched forward passes (normalization layers in eval mode, so
+only the injected dropout differs between them), scores them by Dice against the ground truth, keeps one (y+, y-)
+pair where the Dice gap allows it, and computes the reference log-likelihoods of both masks with dropout off. That
+reference pass is also the network's own prediction, whose Dice is kept beside y+ and y- as a diagnostic: it tells
+whether the preferred dropout hypothesis is better or worse than what the network predicts without dropout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from nnunetv2.utilities.label_handling.label_handling import LabelManager
+from torch import nn
+
+from nnunetv2_mapo.method.dropout import DropoutInjector
+from nnunetv2_mapo.method.preference_loss import mask_log_likelihoods
+from nnunetv2_mapo.method.preference_set import PreferenceSet, empty_preference_set
+from nnunetv2_mapo.method.schedule import hypothesis_rates
+from nnunetv2_mapo.method.scoring import logits_to_masks, mean_foreground_dice, select_pairs, split_target
+
+
+def _first_output(output: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    return output[0] if isinstance(output, (list, tuple)) else output
+
+
+@torch.no_grad()
+def generate_preference_set(
+    network: nn.Module,
+    injector: DropoutInjector,
+    batches: Iterable[dict],
+    label_manager: LabelManager,
+    num_hypotheses: int,
+    dropout_rates: Sequence[float],
+    pair_margin: float,
+    items_per_forward: int,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+    round_index: int = 0,
+    epoch: int = 0,
+) -> PreferenceSet:
+    """Runs one preference round over ``batches`` and returns the pairs it found.
+
+    Args:
+        network: The policy, unwrapped (no DDP). It is put in eval mode for the round (dropout comes from the
+            injector only, normalization layers keep their running statistics) and restored afterwards.
+        injector: The network's :class:`DropoutInjector`.
+        batches: Dicts with ``data`` ``(n, C_in, *patch)``, ``target`` (training format, full resolution) and
+            ``keys``, as nnU-Net's data loader yields them without augmentation.
+        label_manager: The dataset's label manager.
+        num_hypotheses: K.
+        dropout_rates: Rates spread over the K hypotheses (:func:`hypothesis_rates`).
+        pair_margin: tau, the minimum Dice gap between y+ and y-.
+        items_per_forward: Items per batched forward pass (each item is replicated K times).
+        device: Where to run the network.
+        generator: Random generator for the dropout masks (on ``device``).
+        round_index: Stored in the set.
+        epoch: Stored in the set.
+
+    Returns:
+        The preference set (possibly empty), on the CPU.
+    """
+    rates = torch.tensor(hypothesis_rates(dropout_rates, num_hypotheses))
+    was_training = network.training
+    network.eval()
+    autocast = torch.autocast("cuda") if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    parts: dict[str, list] = {name: [] for name in ("images", "chosen", "rejected", "valid", "ref_c", "ref_r",
+                                                     "dice_c", "dice_r", "dice_n", "keys")}
+    num_items = 0
+    try:
+        for batch in batches:
+            data_all, target_all, keys_all = batch["data"], batch["target"], list(batch["keys"])
+            for start in range(0, data_all.shape[0], max(1, items_per_forward)):
+                stop = start + max(1, items_per_forward)
+                # Rounded to the float16 the set stores, so the reference sees exactly what the policy will see.
+                data = data_all[start:stop].to(device).half().float()
+                target = target_all[start:stop].to(device)
+                n = data.shape[0]
+                num_items += n
+                reference, valid = split_target(target, label_manager)
+                with autocast:
+                    with injector.sampling(rates.repeat(n), generator):
+                        logits = _first_output(network(data.repeat_interleave(num_hypotheses, 0)))
+                    hypotheses = logits_to_masks(logits, label_manager)
+                    hypotheses = hypotheses.reshape(n, num_hypotheses, *hypotheses.shape[1:])
+                    scores = mean_foreground_dice(hypotheses, reference, valid, label_manager)
+                    chosen_idx, rejected_idx, has_pair = select_pairs(scores, pair_margin)
+                    items = torch.arange(n, device=device)
+                    chosen, rejected = hypotheses[items, chosen_idx], hypotheses[items, rejected_idx]
+                    reference_logits = _first_output(network(data))
+                    network_masks = logits_to_masks(reference_logits, label_manager).unsqueeze(1)
+                    network_scores = mean_foreground_dice(network_masks, reference, valid, label_manager)[:, 0]
+                ref_c, ref_r, num_disagree = mask_log_likelihoods(
+                    reference_logits.float(), chosen, rejected, valid, label_manager.has_regions)
+                keep = has_pair & (num_disagree > 0)
+                if not bool(keep.any()):
+                    continue
+                keep_cpu = keep.cpu()
+                parts["images"].append(data[keep].half().cpu())
+                parts["chosen"].append(chosen[keep].cpu())
+                parts["rejected"].append(rejected[keep].cpu())
+                parts["valid"].append(None if valid is None else valid[keep].cpu())
+                parts["ref_c"].append(ref_c[keep].cpu())
+                parts["ref_r"].append(ref_r[keep].cpu())
+                parts["dice_c"].append(scores[items, chosen_idx][keep].float().cpu())
+                parts["dice_r"].append(scores[items, rejected_idx][keep].float().cpu())
+                parts["dice_n"].append(network_scores[keep].float().cpu())
+                parts["keys"].extend(str(k) for k, kept in zip(keys_all[start:stop], keep_cpu.tolist()) if kept)
+    finally:
+        network.train(was_training)
+    return _assemble(parts, label_manager, round_index, epoch, num_items)
+
+
+def _assemble(parts: dict, label_manager: LabelManager, round_index: int, epoch: int, num_items: int) -> PreferenceSet:
+    if parts["images"]:
+        cat = lambda name: torch.cat(parts[name])  # noqa: E731
+        return PreferenceSet(
+            images=cat("images"), chosen=cat("chosen"), rejected=cat("rejected"),
+            valid=None if parts["valid"][0] is None else cat("valid"),
+            reference_chosen_logps=cat("ref_c"), reference_rejected_logps=cat("ref_r"),
+            chosen_dice=cat("dice_c"), rejected_dice=cat("dice_r"), network_dice=cat("dice_n"), keys=parts["keys"],
+            round_index=round_index, epoch=epoch, num_items=num_items,
+        )
+    return empty_preference_set(round_index, epoch, num_items, has_ignore=label_manager.has_ignore_label)

@@ -1,0 +1,177 @@
+"""Atomic checkpoint files and MAPO's own state beside each nnU-Net checkpoint.
+
+nnU-Net writes ``checkpoint_*.pth`` in place, so a process killed mid-write leaves a truncated file. Here every
+file is written to a temporary name in the same folder, flushed to disk and renamed over the target, which the
+operating system does atomically: a reader sees the old file or the new one, never half of one.
+
+MAPO's state (round counters, the preference set, random generator states) goes to a file of its own,
+``<checkpoint>.mapo_e<EPOCH>.pt``, named after the epoch stored in the checkpoint it belongs to. It is written
+before the checkpoint and the files of other epochs are removed only after the checkpoint has been replaced, so
+whenever the process dies, the checkpoint on disk has its matching state beside it. The state holds tensors and
+plain Python values only and is read with ``torch.load(..., weights_only=True)``: loading it executes no code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+
+import torch
+
+STATE_FORMAT = "nnunetv2_mapo.state"
+STATE_VERSION = 1
+
+
+class MAPOStateError(RuntimeError):
+    """MAPO's saved state is missing, corrupt, or does not belong to the checkpoint."""
+
+
+@contextlib.contextmanager
+def atomic_path(target: str) -> Iterator[str]:
+    """Yields a temporary path; on success it is fsynced and renamed to ``target``, on failure removed."""
+    folder = os.path.dirname(os.path.abspath(target))
+    fd, temporary = tempfile.mkstemp(prefix=os.path.basename(target) + ".", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield temporary
+        if os.path.getsize(temporary) == 0:
+            raise OSError(f"Nothing was written to {temporary} for {target}.")
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+        with contextlib.suppress(OSError):  # persist the rename itself (not possible on every platform)
+            dir_fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def state_path(checkpoint: str, epoch: int) -> str:
+    """The MAPO state file that belongs to ``checkpoint`` when the checkpoint holds ``current_epoch == epoch``."""
+    return f"{checkpoint}.mapo_e{int(epoch):06d}.pt"
+
+
+def _state_files(checkpoint: str) -> list[str]:
+    pattern = re.compile(re.escape(os.path.basename(checkpoint)) + r"\.mapo_e\d{6}\.pt$")
+    return [p for p in glob.glob(glob.escape(checkpoint) + ".mapo_e*.pt") if pattern.search(os.path.basename(p))]
+
+
+def write_state(checkpoint: str, epoch: int, state: dict) -> str:
+    """Writes MAPO's state file for ``checkpoint`` holding ``current_epoch == epoch``, atomically.
+
+    Used by :func:`save_with_state`, and on its own to put a state beside a checkpoint that another trainer wrote
+    (for example a shared warm-up that ``nnUNetTrainerMAPO`` continues with ``--c``). States of other epochs are
+    left alone.
+
+    Args:
+        checkpoint: Path of the nnU-Net checkpoint the state belongs to.
+        epoch: The ``current_epoch`` value that checkpoint stores.
+        state: MAPO's state (tensors and plain values, see ``nnUNetTrainerMAPO.mapo_state_dict``).
+
+    Returns:
+        The path of the state file, :func:`state_path` of ``checkpoint`` and ``epoch``.
+    """
+    payload = {"format": STATE_FORMAT, "version": STATE_VERSION, "epoch": int(epoch), "state": state}
+    own = state_path(checkpoint, epoch)
+    with atomic_path(own) as temporary:
+        torch.save(payload, temporary)
+    return own
+
+
+def save_with_state(checkpoint: str, epoch: int, write_checkpoint: Callable[[str], None], state: dict) -> None:
+    """Writes MAPO's state, then the checkpoint, both atomically; then drops the states of other epochs.
+
+    Args:
+        checkpoint: Target path of the nnU-Net checkpoint.
+        epoch: The ``current_epoch`` value the checkpoint stores.
+        write_checkpoint: Writes the checkpoint to the path it is given (nnU-Net's ``save_checkpoint``).
+        state: MAPO's state (tensors and plain values).
+    """
+    own = write_state(checkpoint, epoch, state)
+    with atomic_path(checkpoint) as temporary:
+        write_checkpoint(temporary)
+    remove_states(checkpoint, keep=own)
+
+
+def remove_states(checkpoint: str, keep: str | None = None) -> None:
+    """Deletes the MAPO state files of ``checkpoint`` (all, or all but ``keep``)."""
+    for stale in _state_files(checkpoint):
+        if keep is None or os.path.abspath(stale) != os.path.abspath(keep):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(stale)
+
+
+def load_state(checkpoint: str, epoch: int) -> dict | None:
+    """Reads the MAPO state that belongs to ``checkpoint`` (at ``epoch``), without executing code from the file.
+
+    Args:
+        checkpoint: Path of the nnU-Net checkpoint that was loaded.
+        epoch: The ``current_epoch`` that checkpoint holds.
+
+    Returns:
+        The state, or None when no state file exists for this checkpoint at all.
+
+    Raises:
+        MAPOStateError: The state file is unreadable or corrupt, or only states of other epochs exist.
+    """
+    own = state_path(checkpoint, epoch)
+    if not os.path.isfile(own):
+        others = _state_files(checkpoint)
+        if others:
+            raise MAPOStateError(
+                f"{checkpoint} holds epoch {epoch}, but its MAPO state files are for other epochs ({others}). The "
+                f"checkpoint and its state do not match; restore the matching pair or start a new training."
+            )
+        return None
+    try:
+        payload = torch.load(own, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise MAPOStateError(
+            f"Cannot read MAPO state {own}: {type(err).__name__}: {err}. The file is corrupt or not a MAPO state. "
+            f"Delete the checkpoint and this file to restart from an earlier checkpoint, or start a new training."
+        ) from err
+    if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
+        raise MAPOStateError(f"{own} is not a MAPO state file (no '{STATE_FORMAT}' header).")
+    if payload.get("version") != STATE_VERSION:
+        raise MAPOStateError(f"{own} has state version {payload.get('version')!r}; this nnunetv2_mapo reads "
+                             f"version {STATE_VERSION}. Use the nnunetv2_mapo version that wrote it.")
+    if payload.get("epoch") != int(epoch):
+        raise MAPOStateError(f"{own} belongs to epoch {payload.get('epoch')}, but {checkpoint} holds epoch {epoch}.")
+    return payload["state"]
+
+
+def trainer_state(pair_generator_state: torch.Tensor, round_index: int = 0, preference_set: dict | None = None,
+                  pair_steps: int = 0, settings: dict | None = None) -> dict:
+    """The layout of MAPO's state (what ``nnUNetTrainerMAPO.mapo_state_dict`` saves), in one place.
+
+    Args:
+        pair_generator_state: ``torch.Generator.get_state()`` of the pair sampler.
+        round_index: Rounds run so far.
+        preference_set: ``PreferenceSet.state_dict()`` of the set in use, or None before the first round.
+        pair_steps: Training steps taken with a preference set (they schedule the pairs per step).
+        settings: The MAPO settings in effect (compared when a training is resumed).
+    """
+    return {"round_index": int(round_index), "preference_set": preference_set, "pair_generator": pair_generator_state,
+            "pair_steps": int(pair_steps), "settings": dict(settings or {})}
+
+
+def initial_trainer_state(seed: int) -> dict:
+    """The state of a MAPO training that has run no round yet, its pair sampler seeded as rank 0 seeds it.
+
+    Put beside a checkpoint that another trainer wrote (a shared warm-up) with :func:`write_state`, it lets
+    ``nnUNetTrainerMAPO`` continue from that checkpoint with ``--c``.
+
+    Args:
+        seed: ``mapo_seed``.
+    """
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return trainer_state(generator.get_state())

@@ -1,0 +1,100 @@
+"""nnU-Net's Dice+CE (with deep supervision) plus ``weight`` x the preference loss, as one loss module.
+
+A training step with pairs appends the pairs' patches to the batch (:func:`append_pair_rows`), so that they share
+the batch's single forward and backward pass and nnU-Net's autocast, gradient scaling, clipping and DDP all apply
+unchanged. The loss gets the same pairs as an argument and splits the output again (:func:`split_pair_rows`): the
+batch rows get nnU-Net's loss against ``target``, the pair rows the preference loss on the full-resolution output.
+Both halves of that convention live in this module. Validation steps pass no pairs and get Dice+CE only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from nnunetv2_mapo.method.preference_loss import DPOLoss
+from nnunetv2_mapo.method.preference_set import PreferenceBatch
+from nnunetv2_mapo.training.metrics import inactive_step_stats
+
+Output = torch.Tensor | Sequence[torch.Tensor]
+
+
+def append_pair_rows(data: torch.Tensor, pairs: PreferenceBatch | None) -> torch.Tensor:
+    """The batch's input with the pairs' patches appended as its last rows (unchanged without pairs)."""
+    if pairs is None or len(pairs) == 0:
+        return data
+    return torch.cat([data, pairs.images.to(data.device, data.dtype)])
+
+
+def split_pair_rows(output: Output, count: int) -> tuple[Output, torch.Tensor]:
+    """Splits a network output into the batch's rows (every deep-supervision scale) and the last ``count`` rows
+    of the full-resolution output, which belong to the pairs.
+
+    Raises:
+        ValueError: ``count`` < 1 (``output[:-0]`` would be empty).
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}.")
+    if isinstance(output, (list, tuple)):
+        return [o[:-count] for o in output], output[0][-count:]
+    return output[:-count], output[-count:]
+
+
+class MAPOLoss(nn.Module):
+    """Segmentation loss + ``weight`` x preference loss.
+
+    Args:
+        segmentation_loss: nnU-Net's loss (``DeepSupervisionWrapper`` around Dice+CE or Dice+BCE).
+        preference_loss: The :class:`~nnunetv2_mapo.method.preference_loss.DPOLoss`.
+        weight: lambda, >= 0.
+
+    Raises:
+        ValueError: A negative weight.
+
+    After each call, :attr:`last_stats` holds the step metrics of :mod:`nnunetv2_mapo.training.metrics` (NaN
+    without pairs).
+    """
+
+    def __init__(self, segmentation_loss: nn.Module, preference_loss: DPOLoss, weight: float) -> None:
+        super().__init__()
+        if not weight >= 0:
+            raise ValueError(f"weight must be >= 0, got {weight}.")
+        self.segmentation_loss = segmentation_loss
+        self.preference_loss = preference_loss
+        self.weight = float(weight)
+        self.last_stats: dict[str, float] = inactive_step_stats()
+
+    def forward(self, output: Output, target: torch.Tensor | Sequence[torch.Tensor],
+                pairs: PreferenceBatch | None = None) -> torch.Tensor:
+        """The step's loss.
+
+        Args:
+            output: The network's output for the batch, followed by ``len(pairs)`` pair rows when pairs are given.
+            target: The batch's targets (nnU-Net's format; no rows for the pairs).
+            pairs: The pairs whose patches are the output's last rows, or None.
+        """
+        if pairs is None or len(pairs) == 0:
+            self.last_stats = inactive_step_stats()
+            return self.segmentation_loss(output, target)
+        segmentation_output, pair_logits = split_pair_rows(output, len(pairs))
+        segmentation = self.segmentation_loss(segmentation_output, target)
+        losses, chosen_rewards, rejected_rewards = self.preference_loss(
+            pair_logits, pairs.chosen, pairs.rejected, pairs.reference_chosen_logps, pairs.reference_rejected_logps,
+            pairs.valid,
+        )
+        preference = losses.mean()
+        if not torch.isfinite(preference):
+            # A non-finite preference term never reaches the optimizer: this step trains on Dice+CE alone.
+            self.last_stats = inactive_step_stats() | {"mapo_skipped_steps": 1.0}
+            return segmentation
+        self.last_stats = {
+            "mapo_dpo_loss": preference.item(),
+            "mapo_rewards_chosen": chosen_rewards.mean().item(),
+            "mapo_rewards_rejected": rejected_rewards.mean().item(),
+            "mapo_reward_margin": (chosen_rewards - rejected_rewards).mean().item(),
+            "mapo_reward_accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
+            "mapo_skipped_steps": 0.0,
+        }
+        return segmentation + self.weight * preference

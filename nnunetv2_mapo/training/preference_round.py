@@ -1,0 +1,134 @@
+"""A preference round in nnU-Net's terms, from top to bottom.
+
+1. choose the round's training cases (all, or ``mapo_cases_per_round`` of them; each rank takes its share);
+2. load one foreground-centred patch per case with nnU-Net's own dataset, loader and validation transforms;
+3. seed the round (dropout masks and patch choice depend on the seed, the round and the rank only);
+4. check that every rank holds the same weights (each computes reference log-likelihoods for its share);
+5. run the round (:func:`nnunetv2_mapo.method.round.generate_preference_set`) and gather the ranks' pairs;
+6. report it: the round metrics of :mod:`nnunetv2_mapo.training.metrics` and a line in nnU-Net's log.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from time import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from torch import distributed as dist
+
+from nnunetv2_mapo.method.dropout import find_injector, unwrap
+from nnunetv2_mapo.method.preference_set import PreferenceSet
+from nnunetv2_mapo.method.round import generate_preference_set
+from nnunetv2_mapo.training.distributed import (
+    assert_same_on_all_ranks,
+    gather_preference_set,
+    parameters_fingerprint,
+    shard_cases,
+)
+
+if TYPE_CHECKING:
+    from nnunetv2_mapo.training.trainer import nnUNetTrainerMAPO
+
+
+class FixedKeysLoader(nnUNetDataLoader):
+    """nnU-Net's loader, but for given cases, one foreground-centred patch each (no augmentation)."""
+
+    def load(self, keys: list[str]) -> dict:
+        self._keys, self.batch_size = list(keys), len(keys)
+        return self.generate_train_batch()
+
+    def get_indices(self) -> list[str]:
+        return self._keys
+
+
+def round_cases(trainer: nnUNetTrainerMAPO) -> list[str]:
+    """Step 1: the training cases of this round on this rank (sorted; a seeded sample when capped)."""
+    keys = sorted(trainer.mapo_train_keys)
+    limit = trainer.mapo_cases_per_round
+    if limit is not None and limit < len(keys):
+        rng = np.random.RandomState((trainer.mapo_seed + 7919 * trainer.mapo_round_index) % 2**32)
+        keys = sorted(rng.choice(keys, limit, replace=False).tolist())
+    if trainer.is_ddp:  # each rank scores its share; the parts are gathered afterwards
+        keys = shard_cases(keys, dist.get_rank(), dist.get_world_size())
+    return keys
+
+
+def round_batches(trainer: nnUNetTrainerMAPO, keys: list[str], items_per_batch: int) -> Iterator[dict]:
+    """Step 2: batches of one unaugmented, foreground-centred patch per case, as nnU-Net's validation sees them."""
+    if not keys:  # a rank with no share of the cases (more ranks than cases)
+        return
+    dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, keys,
+                                    folder_with_segs_from_previous_stage=trainer.folder_with_segs_from_previous_stage)
+    lm = trainer.label_manager
+    transforms = trainer.get_validation_transforms(
+        None, is_cascaded=trainer.is_cascaded, foreground_labels=lm.foreground_labels,
+        regions=lm.foreground_regions if lm.has_regions else None, ignore_label=lm.ignore_label)
+    patch_size = trainer.configuration_manager.patch_size
+    loader = FixedKeysLoader(dataset, 1, patch_size, patch_size, lm, oversample_foreground_percent=1.0,
+                             transforms=transforms)
+    for start in range(0, len(keys), items_per_batch):
+        yield loader.load(keys[start:start + items_per_batch])
+
+
+def run_preference_round(trainer: nnUNetTrainerMAPO) -> tuple[PreferenceSet, dict[str, float]]:
+    """Runs one round with the trainer's current network as policy and reference.
+
+    Returns:
+        The preference set (the same on every rank) and the round metrics (keys of
+        :data:`nnunetv2_mapo.training.metrics.ROUND_KEYS`; the Dice means only when the set has pairs).
+    """
+    started = time()
+    keys = round_cases(trainer)
+    trainer.print_to_log_file(
+        f"MAPO round {trainer.mapo_round_index} (epoch {trainer.current_epoch}): {trainer.mapo_num_hypotheses} "
+        f"dropout hypotheses for each of {len(keys)} training cases" + (" on this rank" if trainer.is_ddp else ""))
+    items_per_forward = max(1, trainer.mapo_round_batch_size // trainer.mapo_num_hypotheses)
+    # Step 3: dropout masks on the training device; nnU-Net's patch sampling uses the global numpy generator.
+    generator = torch.Generator(device=trainer.device)
+    generator.manual_seed(trainer.mapo_seed + 1000003 * trainer.mapo_round_index + trainer.local_rank)
+    numpy_state = np.random.get_state()
+    np.random.seed((trainer.mapo_seed + 7919 * trainer.mapo_round_index + trainer.local_rank) % 2**32)
+    network = unwrap(trainer.network)
+    assert_same_on_all_ranks(parameters_fingerprint(network), "network parameters at a MAPO round")  # step 4
+    try:
+        preference_set = generate_preference_set(  # step 5
+            network, find_injector(trainer.network), round_batches(trainer, keys, items_per_forward),
+            trainer.label_manager, trainer.mapo_num_hypotheses, trainer.mapo_dropout_rates, trainer.mapo_pair_margin,
+            items_per_forward, trainer.device, generator, trainer.mapo_round_index, trainer.current_epoch)
+    finally:
+        np.random.set_state(numpy_state)
+    preference_set = gather_preference_set(preference_set)  # all ranks end with the same set
+    stats = {"mapo_regen_seconds": time() - started, "mapo_dice_gap": preference_set.mean_dice_gap}
+    if len(preference_set):
+        stats |= {"mapo_dice_chosen": float(preference_set.chosen_dice.mean()),
+                  "mapo_dice_rejected": float(preference_set.rejected_dice.mean()),
+                  "mapo_dice_no_dropout": float(preference_set.network_dice.mean())}
+    report_round(trainer, preference_set, stats)  # step 6
+    return preference_set, stats
+
+
+def report_round(trainer: nnUNetTrainerMAPO, preference_set: PreferenceSet, stats: dict[str, float]) -> None:
+    """Writes the round's line to nnU-Net's log; warns once when a round found no pair."""
+    seconds = stats["mapo_regen_seconds"]
+    margin = trainer.mapo_pair_margin
+    if len(preference_set):
+        trainer.print_to_log_file(
+            f"MAPO round {preference_set.round_index}: {len(preference_set)} pairs from "
+            f"{preference_set.num_items} items ({preference_set.num_items - len(preference_set)} without a Dice "
+            f"gap >= {margin}); Dice chosen {stats['mapo_dice_chosen']:.4f}, rejected "
+            f"{stats['mapo_dice_rejected']:.4f}, gap {stats['mapo_dice_gap']:.4f}; without dropout "
+            f"{stats['mapo_dice_no_dropout']:.4f} (y+ better on {preference_set.chosen_beats_network:.0%} of the "
+            f"pairs); {seconds:.1f} s")
+        return
+    trainer.print_to_log_file(
+        f"MAPO round {preference_set.round_index}: 0 pairs from {preference_set.num_items} items; {seconds:.1f} s. "
+        f"Training continues on Dice+CE alone until the next round.")
+    if not trainer.mapo_warned_empty_round:
+        trainer.mapo_warned_empty_round = True
+        warnings.warn(
+            f"MAPO: no item yielded a preference pair (no dropout hypothesis scored {margin} Dice below the best). "
+            f"Lower mapo_pair_margin or raise mapo_dropout_rates if this persists.", RuntimeWarning, stacklevel=3)

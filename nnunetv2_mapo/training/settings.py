@@ -1,0 +1,238 @@
+"""MAPO settings: defaults, valid ranges, and overrides through ``nnUNet_mapo_config``.
+
+Every setting is a trainer attribute (``mapo_beta``, ``num_epochs``, ...). ``nnUNet_mapo_config`` holds a path to a
+JSON file or an inline JSON object whose keys are those attribute names. The whole object is checked before any
+value is applied, and every problem raises :class:`MAPOConfigError` naming the key, the value and what is allowed.
+Why each default is what it is: ``docs/settings.md``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nnunetv2_mapo.method import DROPOUT_MODES, LOSS_TYPES
+
+ENV_VAR = "nnUNet_mapo_config"
+
+
+
+class MAPOConfigError(ValueError):
+    """A MAPO setting (or the ``nnUNet_mapo_config`` variable) is invalid."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One overridable trainer attribute.
+
+    Args:
+        name: The trainer attribute.
+        kind: ``int``, ``float``, ``bool``, ``str``, ``rates`` (list of floats), ``optional_int`` or
+            ``optional_float``.
+        allowed: Human-readable range, used in error messages and docs.
+        check: Returns True when a (type-checked) value is inside the range.
+        default: The trainer's default (``None`` means derived at start; see ``docs/settings.md``).
+        help: One line for the docs and ``nnunetv2_mapo doctor``.
+    """
+
+    name: str
+    kind: str
+    allowed: str
+    check: Callable[[Any], bool]
+    default: Any
+    help: str
+
+
+def _rates_ok(rates: list) -> bool:
+    return len(rates) >= 1 and all(0.0 <= r < 1.0 for r in rates)
+
+
+MAPO_SETTINGS: tuple[Setting, ...] = (
+    Setting("mapo_warmup_epochs", "optional_int", "an integer >= 0 and < num_epochs, or null (10% of num_epochs)",
+            lambda v: v is None or v >= 0, None, "epochs of plain Dice+CE training before the first preference round"),
+    Setting("mapo_regen_every", "int", "an integer >= 1", lambda v: v >= 1, 50,
+            "epochs between preference rounds (set regenerated, reference refreshed)"),
+    Setting("mapo_num_hypotheses", "int", "an integer >= 2", lambda v: v >= 2, 8,
+            "K, the number of dropout predictions per item"),
+    Setting("mapo_dropout_rates", "rates", "a non-empty list of numbers in [0, 1)", _rates_ok,
+            (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4),
+            "dropout rates, spread evenly over the K hypotheses"),
+    Setting("mapo_dropout_mode", "str", f"one of {list(DROPOUT_MODES)}", lambda v: v in DROPOUT_MODES, "element",
+            "'element' drops single activations, 'channel' whole feature maps"),
+    Setting("mapo_pair_margin", "float", "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0, 0.05,
+            "tau: the dispreferred mask's Dice must be at least this far below the best"),
+    Setting("mapo_beta", "float", "a number > 0", lambda v: v > 0, 0.1, "DPO temperature beta"),
+    Setting("mapo_weight", "float", "a number >= 0", lambda v: v >= 0, 0.5,
+            "lambda: weight of the DPO term added to Dice+CE"),
+    Setting("mapo_loss_type", "str", f"one of {list(LOSS_TYPES)}", lambda v: v in LOSS_TYPES, "sigmoid",
+            "preference loss: DPO ('sigmoid'), IPO or hinge"),
+    Setting("mapo_pairs_per_step", "optional_float", "a number > 0, or null (batch size / 8)",
+            lambda v: v is None or v > 0, None,
+            "preference pairs added per training step, on average (0.5: one pair every other step)"),
+    Setting("mapo_cases_per_round", "optional_int", "an integer >= 1, or null (all training cases)",
+            lambda v: v is None or v >= 1, 100, "training cases sampled per round (bounds round time and memory)"),
+    Setting("mapo_round_batch_size", "optional_int", "an integer >= 1, or null (K: one item per pass)",
+            lambda v: v is None or v >= 1, None, "forward passes batched together while sampling hypotheses"),
+    Setting("mapo_seed", "int", "an integer >= 0", lambda v: v >= 0, 12345,
+            "seed of the preference rounds (patch choice, dropout masks, pair sampling)"),
+)
+
+# nnU-Net's own attributes that the variable may override as well.
+NNUNET_SETTINGS: tuple[Setting, ...] = (
+    Setting("num_epochs", "int", "an integer >= 1", lambda v: v >= 1, 1000, "nnU-Net: training epochs"),
+    Setting("num_iterations_per_epoch", "int", "an integer >= 1", lambda v: v >= 1, 250,
+            "nnU-Net: training iterations per epoch"),
+    Setting("num_val_iterations_per_epoch", "int", "an integer >= 1", lambda v: v >= 1, 50,
+            "nnU-Net: validation iterations per epoch"),
+    Setting("initial_lr", "float", "a number > 0", lambda v: v > 0, 1e-2, "nnU-Net: initial learning rate"),
+    Setting("weight_decay", "float", "a number >= 0", lambda v: v >= 0, 3e-5, "nnU-Net: weight decay"),
+    Setting("oversample_foreground_percent", "float", "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0, 0.33,
+            "nnU-Net: share of foreground-centred patches"),
+    Setting("save_every", "int", "an integer >= 1", lambda v: v >= 1, 50, "nnU-Net: epochs between checkpoints"),
+)
+
+ALL_SETTINGS: dict[str, Setting] = {s.name: s for s in MAPO_SETTINGS + NNUNET_SETTINGS}
+
+
+def _typed(setting: Setting, value: Any) -> Any:
+    """Converts a JSON value to the setting's type, or raises MAPOConfigError."""
+
+    def fail() -> MAPOConfigError:
+        return MAPOConfigError(f"MAPO setting '{setting.name}' = {value!r} is invalid: expected {setting.allowed}.")
+
+    def number(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise fail()
+        return float(v)
+
+    kind = setting.kind
+    if kind in ("optional_int", "optional_float") and value is None:
+        return None
+    if kind in ("int", "optional_int"):
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or float(value) != int(value)):
+            raise fail()
+        return int(value)
+    if kind in ("float", "optional_float"):
+        return number(value)
+    if kind == "str":
+        if not isinstance(value, str):
+            raise fail()
+        return value
+    if kind == "rates":
+        if not isinstance(value, (list, tuple)):
+            raise fail()
+        return tuple(number(v) for v in value)
+    raise AssertionError(f"unknown setting kind {kind}")
+
+
+def validate_setting(name: str, value: Any) -> Any:
+    """Checks one setting's name, type and range.
+
+    Args:
+        name: A key of :data:`ALL_SETTINGS`.
+        value: The proposed value (JSON types).
+
+    Returns:
+        The value converted to the setting's Python type.
+
+    Raises:
+        MAPOConfigError: Unknown name, wrong type, or value out of range.
+    """
+    if name not in ALL_SETTINGS:
+        close = difflib.get_close_matches(name, ALL_SETTINGS, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise MAPOConfigError(
+            f"Unknown MAPO setting '{name}'.{hint} Allowed keys: {', '.join(sorted(ALL_SETTINGS))}."
+        )
+    setting = ALL_SETTINGS[name]
+    typed = _typed(setting, value)
+    if not setting.check(typed):
+        raise MAPOConfigError(f"MAPO setting '{name}' = {value!r} is out of range: expected {setting.allowed}.")
+    return typed
+
+
+def parse_config_source(source: str) -> dict[str, Any]:
+    """Reads ``nnUNet_mapo_config``: an inline JSON object or the path to a JSON file holding one.
+
+    Args:
+        source: The variable's value.
+
+    Returns:
+        The JSON object, checked key by key with :func:`validate_setting`.
+
+    Raises:
+        MAPOConfigError: Missing file, malformed JSON, not an object, or an invalid key or value.
+    """
+    text = source.strip()
+    origin = "inline JSON"
+    if not text.startswith("{"):
+        if not os.path.isfile(text):
+            raise MAPOConfigError(
+                f"{ENV_VAR}={source!r} is neither an inline JSON object nor an existing file. Set it to a path to a "
+                f"JSON file or to an object such as '{{\"mapo_beta\": 0.5}}', or unset it."
+            )
+        origin = f"file {text}"
+        try:
+            with open(text, encoding="utf-8") as handle:
+                text = handle.read()
+        except (OSError, UnicodeDecodeError) as err:
+            raise MAPOConfigError(f"{ENV_VAR} ({origin}) cannot be read: {err}. Fix the file or unset it.") from err
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise MAPOConfigError(f"{ENV_VAR} ({origin}) is not valid JSON: {err}. Fix the JSON or unset it.") from err
+    if not isinstance(data, dict):
+        raise MAPOConfigError(f"{ENV_VAR} ({origin}) must hold a JSON object of settings, got {type(data).__name__}.")
+    return {key: validate_setting(key, value) for key, value in data.items()}
+
+
+def config_from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Returns the validated overrides from ``nnUNet_mapo_config`` (empty when unset)."""
+    environ = os.environ if environ is None else environ
+    source = environ.get(ENV_VAR, "")
+    return parse_config_source(source) if source.strip() else {}
+
+
+def resolve_and_check(values: dict[str, Any], batch_size: int) -> dict[str, Any]:
+    """Fills the derived defaults and checks the settings against each other.
+
+    Args:
+        values: Every setting of :data:`ALL_SETTINGS` with its current value.
+        batch_size: The configuration's batch size (for ``mapo_pairs_per_step``).
+
+    Returns:
+        A copy of ``values`` with no ``None`` left.
+
+    Raises:
+        MAPOConfigError: A value out of range, or a warm-up that leaves no epoch for MAPO.
+    """
+    resolved = {name: validate_setting(name, value) for name, value in values.items()}
+    if resolved["mapo_warmup_epochs"] is None:
+        resolved["mapo_warmup_epochs"] = int(round(0.1 * resolved["num_epochs"]))
+    if resolved["mapo_warmup_epochs"] >= resolved["num_epochs"]:
+        raise MAPOConfigError(
+            f"MAPO setting 'mapo_warmup_epochs' = {resolved['mapo_warmup_epochs']} is out of range: expected an "
+            f"integer >= 0 and < num_epochs ({resolved['num_epochs']}), otherwise no preference round would run. "
+            f"Lower mapo_warmup_epochs or raise num_epochs."
+        )
+    if resolved["mapo_pairs_per_step"] is None:
+        resolved["mapo_pairs_per_step"] = batch_size / 8
+    if resolved["mapo_round_batch_size"] is None:
+        resolved["mapo_round_batch_size"] = resolved["mapo_num_hypotheses"]
+    return resolved
+
+
+def markdown_table() -> str:
+    """The settings as a markdown table (kept in sync with ``docs/settings.md`` by a test)."""
+    rows = ["| setting | default | allowed | meaning |", "|---|---|---|---|"]
+    for s in MAPO_SETTINGS + NNUNET_SETTINGS:
+        default = "derived" if s.default is None else json.dumps(list(s.default) if isinstance(s.default, tuple)
+                                                                 else s.default)
+        rows.append(f"| `{s.name}` | {default} | {s.allowed} | {s.help} |")
+    return "\n".join(rows)

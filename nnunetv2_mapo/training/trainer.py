@@ -1,0 +1,271 @@
+"""``nnUNetTrainerMAPO``: nnU-Net's trainer plus Model-Agnostic Preference Optimization.
+
+The class reads like a table of contents: each nnU-Net hook hands its MAPO part to the module that does it.
+
+- network: :mod:`nnunetv2_mapo.method.dropout` (dropout hooks, state-dict keys unchanged)
+- settings: the hyperparameters in ``__init__``; ranges and ``nnUNet_mapo_config``: :mod:`.settings`
+- preference rounds: :mod:`.preference_round` (nnU-Net side) and :mod:`nnunetv2_mapo.method.round`
+- loss: :mod:`.loss` (Dice+CE plus the preference term on the pair rows), :mod:`nnunetv2_mapo.method.preference_loss`
+- what is logged: :mod:`.metrics`; checkpoints: :mod:`.checkpointing`; plots: :mod:`.progress`
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+
+import torch
+from batchgenerators.utilities.file_and_folder_operations import join
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import nn
+
+from nnunetv2_mapo import __version__
+from nnunetv2_mapo.method.dropout import find_injector, inject_dropout
+from nnunetv2_mapo.method.preference_loss import DPOLoss
+from nnunetv2_mapo.method.preference_set import PreferenceBatch, PreferenceSet
+from nnunetv2_mapo.method.schedule import pairs_for_step
+from nnunetv2_mapo.training.checkpointing import (
+    MAPOStateError,
+    atomic_path,
+    load_state,
+    remove_states,
+    save_with_state,
+    trainer_state,
+)
+from nnunetv2_mapo.training.distributed import gather_step_stats
+from nnunetv2_mapo.training.loss import MAPOLoss, append_pair_rows
+from nnunetv2_mapo.training.metrics import LOG_KEYS, STEP_KEYS, reduce_step_stats
+from nnunetv2_mapo.training.preference_round import run_preference_round
+from nnunetv2_mapo.training.progress import plot_mapo_progress
+from nnunetv2_mapo.training.settings import ALL_SETTINGS, ENV_VAR, config_from_environment, resolve_and_check
+
+__all__ = ["MAPOUnsupportedError", "nnUNetTrainerMAPO"]
+
+
+class MAPOUnsupportedError(RuntimeError):
+    """The dataset or configuration is one MAPO refuses (see docs/usage.md, 'Supported datasets')."""
+
+
+class nnUNetTrainerMAPO(nnUNetTrainer):
+    """nnU-Net trainer with dropout hypotheses, online preference rounds and a DPO term (see ``docs/method.md``)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_cascaded:
+            raise MAPOUnsupportedError(
+                f"nnUNetTrainerMAPO does not support the cascade: configuration '{configuration}' takes the "
+                f"predictions of '{self.configuration_manager.previous_stage_name}' as input, and MAPO's preference "
+                f"rounds have not been validated with them. Train '3d_fullres' (or '3d_lowres') with "
+                f"nnUNetTrainerMAPO, or the cascade with nnUNetTrainer.")
+
+        ### Some hyperparameters for you to fiddle with (ranges: nnunetv2_mapo settings; why: docs/settings.md)
+        self.mapo_warmup_epochs: int | None = None  # plain Dice+CE epochs before the first round; None: 10%
+        self.mapo_regen_every = 50  # epochs between preference rounds (the paper's Figure 2)
+        self.mapo_num_hypotheses = 8  # K dropout predictions per training case and round
+        self.mapo_dropout_rates = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)  # spread over the K hypotheses
+        self.mapo_dropout_mode = "element"  # or "channel" (whole feature maps)
+        self.mapo_pair_margin = 0.05  # tau: y- scores at least this much Dice below y+
+        self.mapo_beta = 0.1  # DPO temperature
+        self.mapo_weight = 0.5  # lambda: weight of the preference term beside Dice+CE
+        self.mapo_loss_type = "sigmoid"  # DPO; or "ipo", "hinge"
+        self.mapo_pairs_per_step: float | None = None  # pair rows added per step on average; None: batch size / 8
+        self.mapo_cases_per_round: int | None = 100  # training cases per round; None: all
+        self.mapo_round_batch_size: int | None = None  # forward passes batched in a round; None: K
+        self.mapo_seed = 12345  # round cases, dropout masks, pair sampling
+
+        # state
+        self.mapo_env_overrides: dict = {}
+        self.mapo_preference_set: PreferenceSet | None = None
+        self.mapo_round_index = 0
+        self.mapo_train_keys: list[str] = []  # the cases preference rounds draw from (do_split)
+        self.mapo_warned_empty_round = False
+        self._mapo_pair_generator = torch.Generator()
+        self._mapo_pair_steps = 0  # training steps taken with a preference set (they schedule the pair counts)
+        self._mapo_epoch_round: dict[str, float] = {}  # the metrics of the round run at this epoch's start
+
+    # ----------------------------------------------------------------------------------------------- network
+    @staticmethod
+    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        network = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                           num_output_channels, enable_deep_supervision)
+        inject_dropout(network)
+        return network
+
+    # ------------------------------------------------------------------------------------------------ set-up
+    def initialize(self):
+        if not self.was_initialized:
+            self._apply_mapo_settings()  # before any data is loaded: bad settings fail fast
+        super().initialize()
+        find_injector(self.network).mode = self.mapo_dropout_mode
+        self._mapo_pair_generator.manual_seed(self.mapo_seed + self.local_rank)
+        self._register_log_keys()
+
+    def _apply_mapo_settings(self) -> None:
+        self.mapo_env_overrides = config_from_environment()
+        for name, value in self.mapo_env_overrides.items():
+            setattr(self, name, value)
+        current = {name: getattr(self, name) for name in ALL_SETTINGS}
+        for name, value in resolve_and_check(current, self.configuration_manager.batch_size).items():
+            setattr(self, name, value)
+
+    def mapo_settings(self) -> dict:
+        """The settings in effect (JSON-ready)."""
+        return {name: list(v) if isinstance(v := getattr(self, name), tuple) else v for name in ALL_SETTINGS}
+
+    def _build_loss(self):
+        preference = DPOLoss(self.mapo_beta, self.mapo_loss_type, regions=self.label_manager.has_regions)
+        return MAPOLoss(super()._build_loss(), preference, self.mapo_weight)
+
+    def _register_log_keys(self) -> None:
+        # nnU-Net's local logger only takes registered keys, one value per epoch; pad after loading old logs.
+        logged = self.logger.local_logger.my_fantastic_logging
+        for key in LOG_KEYS:
+            values = logged.setdefault(key, [])
+            values.extend([math.nan] * (self.current_epoch - len(values)))
+
+    def on_train_start(self):
+        super().on_train_start()  # builds the data loaders, whose do_split() records the training cases
+        if self.local_rank == 0:
+            record = {"trainer": type(self).__name__, "nnunetv2_mapo_version": __version__,
+                      ENV_VAR: os.environ.get(ENV_VAR), "overrides_from_env": self.mapo_env_overrides,
+                      "settings": self.mapo_settings()}
+            with atomic_path(join(self.output_folder, "mapo_config.json")) as temporary:
+                with open(temporary, "w", encoding="utf-8") as handle:
+                    json.dump(record, handle, indent=2)
+        self.print_to_log_file("MAPO settings: " + json.dumps(self.mapo_settings()), also_print_to_console=False)
+        self.print_to_log_file(
+            f"MAPO: warm-up {self.mapo_warmup_epochs} epochs, then a preference round every {self.mapo_regen_every} "
+            f"epochs ({min(len(self.mapo_train_keys), self.mapo_cases_per_round or 10**9)} cases x "
+            f"{self.mapo_num_hypotheses} hypotheses), {self.mapo_pairs_per_step:g} pairs per step on average, "
+            f"weight {self.mapo_weight}, beta {self.mapo_beta}.")
+
+    def do_split(self):
+        train_keys, val_keys = super().do_split()
+        self.mapo_train_keys = list(train_keys)
+        return train_keys, val_keys
+
+    # --------------------------------------------------------------------------------------- preference rounds
+    def mapo_round_due(self, epoch: int) -> bool:
+        """Whether a preference round runs at the start of ``epoch``."""
+        if epoch < self.mapo_warmup_epochs:
+            return False
+        return self.mapo_preference_set is None or (epoch - self.mapo_warmup_epochs) % self.mapo_regen_every == 0
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self._mapo_epoch_round = {}
+        if self.mapo_round_due(self.current_epoch):
+            self.run_preference_round()
+
+    def run_preference_round(self) -> PreferenceSet:
+        """Regenerates the preference set from the training cases with the current network as reference."""
+        self.mapo_preference_set, self._mapo_epoch_round = run_preference_round(self)
+        self.mapo_round_index += 1
+        return self.mapo_preference_set
+
+    # ---------------------------------------------------------------------------------------------- training
+    def _next_pairs(self) -> PreferenceBatch | None:
+        if self.mapo_preference_set is None or len(self.mapo_preference_set) == 0 or self.mapo_weight == 0:
+            return None
+        count = pairs_for_step(self.mapo_pairs_per_step, self._mapo_pair_steps)
+        self._mapo_pair_steps += 1
+        if count == 0:
+            return None
+        return self.mapo_preference_set.sample(count, self._mapo_pair_generator)
+
+    def train_step(self, batch: dict) -> dict:
+        pairs = self._next_pairs()
+        if pairs is not None:  # the patches join the batch where it is; the loss needs the rest on the device
+            batch = {**batch, "data": append_pair_rows(batch["data"], pairs)}
+            pairs = pairs.to(self.device)
+        loss = self.loss
+        self.loss = functools.partial(loss, pairs=pairs)  # nnU-Net's train_step calls self.loss(output, target)
+        try:
+            result = super().train_step(batch)
+        finally:
+            self.loss = loss
+        result.update(loss.last_stats)
+        return result
+
+    def on_train_epoch_end(self, train_outputs: list[dict]):
+        super().on_train_epoch_end(train_outputs)
+        step_stats = gather_step_stats({key: [float(o[key]) for o in train_outputs] for key in STEP_KEYS})
+        values = dict.fromkeys(LOG_KEYS, math.nan) | self._mapo_epoch_round
+        if self.mapo_preference_set is not None:
+            values |= reduce_step_stats(step_stats) | {"mapo_num_pairs": float(len(self.mapo_preference_set))}
+            self.print_to_log_file(
+                f"MAPO: dpo_loss {values['mapo_dpo_loss']:.4f}, reward accuracy {values['mapo_reward_accuracy']:.3f}, "
+                f"margin {values['mapo_reward_margin']:.4f}, pairs {int(values['mapo_num_pairs'])}"
+                + (f", {int(values['mapo_skipped_steps'])} steps skipped (non-finite DPO)"
+                   if values["mapo_skipped_steps"] else ""))
+        for key, value in values.items():
+            self.logger.log(key, value, self.current_epoch)
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        if self.local_rank == 0:
+            plot_mapo_progress(self.logger.local_logger.my_fantastic_logging, self.output_folder)
+
+    # ------------------------------------------------------------------------------------------- checkpoints
+    def mapo_state_dict(self) -> dict:
+        """What a resumed run needs: round counter, preference set, pair sampler, settings (tensors/plain values)."""
+        return trainer_state(
+            self._mapo_pair_generator.get_state(), self.mapo_round_index,
+            None if self.mapo_preference_set is None else self.mapo_preference_set.state_dict(),
+            self._mapo_pair_steps, self.mapo_settings())
+
+    def load_mapo_state_dict(self, state: dict) -> None:
+        """Restores :meth:`mapo_state_dict`.
+
+        Raises:
+            MAPOStateError: The state is incomplete or inconsistent.
+        """
+        try:
+            self.mapo_round_index = int(state["round_index"])
+            stored = state["preference_set"]
+            self.mapo_preference_set = None if stored is None else PreferenceSet.from_state_dict(stored)
+            self._mapo_pair_generator.set_state(state["pair_generator"])
+            self._mapo_pair_steps = int(state.get("pair_steps", 0))  # absent in states written by 0.1.x
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise MAPOStateError(f"MAPO state is incomplete or inconsistent: {err}") from err
+        if self.local_rank > 0:
+            self._mapo_pair_generator.manual_seed(self.mapo_seed + self.local_rank + 104729 * self.current_epoch)
+        now = self.mapo_settings()
+        changed = {k: (v, now.get(k)) for k, v in state.get("settings", {}).items() if now.get(k) != v}
+        if changed:
+            self.print_to_log_file(f"MAPO: settings differ from the checkpoint's (saved, now): {changed}")
+
+    def on_train_end(self):
+        super().on_train_end()  # deletes checkpoint_latest.pth; its MAPO state goes with it
+        if self.local_rank == 0 and not self.disable_checkpointing:
+            remove_states(join(self.output_folder, "checkpoint_latest.pth"))
+
+    def save_checkpoint(self, filename: str) -> None:
+        if self.local_rank != 0 or self.disable_checkpointing:
+            return super().save_checkpoint(filename)
+        save_with_state(filename, self.current_epoch + 1, super().save_checkpoint, self.mapo_state_dict())
+
+    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
+        if not isinstance(filename_or_checkpoint, str):
+            raise TypeError("nnUNetTrainerMAPO.load_checkpoint takes the checkpoint's path (its MAPO state is a "
+                            "file beside it).")
+        super().load_checkpoint(filename_or_checkpoint)
+        self._register_log_keys()
+        state = load_state(filename_or_checkpoint, self.current_epoch)
+        if state is not None:
+            self.load_mapo_state_dict(state)
+        elif os.path.basename(filename_or_checkpoint) == "checkpoint_final.pth":
+            self.print_to_log_file(f"MAPO: no MAPO state beside {filename_or_checkpoint}; fine for validation "
+                                   f"and prediction of a finished training.")
+        else:
+            raise MAPOStateError(
+                f"{filename_or_checkpoint} has no MAPO state beside it (expected "
+                f"{os.path.basename(filename_or_checkpoint)}.mapo_e{self.current_epoch:06d}.pt), so it was not "
+                f"written by nnUNetTrainerMAPO. To start MAPO from its weights, train without --c and pass "
+                f"-pretrained_weights {filename_or_checkpoint}.")

@@ -1,0 +1,46 @@
+"""Tests of ``nnunetv2_mapo.benchmark.report``."""
+
+from __future__ import annotations
+
+import math
+
+from benchmark_helpers import MAPO, run, spec
+
+from nnunetv2_mapo.benchmark.report import format_stat, format_table
+from nnunetv2_mapo.benchmark.spec import (
+    BASELINE_TRAINER,
+)
+from nnunetv2_mapo.benchmark.stats import paired_ratios, summarize
+
+
+def test_format_stat() -> None:
+    assert format_stat({"mean": 0.81234, "std": 0.01, "n": 3}, "{:.4f}") == "0.8123 ± 0.0100"
+    assert format_stat({"mean": 0.5, "std": math.nan, "n": 1}, "{:.2f}") == "0.50"
+    assert format_stat({"mean": math.nan, "std": math.nan, "n": 0}, "{:.2f}") == "–"
+    assert format_stat({"mean": 0.25, "std": 0.05, "n": 2}, "{:.1%}") == "25.0% ± 5.0%"
+
+
+def test_format_table_has_both_trainers_ratios_and_the_baseline_note() -> None:
+    runs = [run(BASELINE_TRAINER, s, 0, Dice=d, HD95=h, ASD=1.0, wall_seconds=100.0, seconds_per_epoch=2.0,
+                training_seconds=20.0, preference_seconds=None, preference_share=None, peak_rss_gib=1.0, num_cases=4)
+            for s, d, h in ((0, 0.7, 3.0), (1, 0.9, 5.0))]
+    runs += [run(MAPO, s, 0, Dice=d, HD95=4.0, ASD=1.0, wall_seconds=150.0, seconds_per_epoch=3.0,
+                 training_seconds=30.0, preference_seconds=6.0, preference_share=0.2, peak_rss_gib=1.5, num_cases=4)
+             for s, d in ((0, 0.8), (1, 0.9))]
+    trainers = [BASELINE_TRAINER, MAPO]
+    results = {"spec": {**vars(spec(seeds=2, shared_warmup_epochs=2)), "folds": [0]}, "dataset": "Dataset990_Toy",
+               "plans_identifier": "nnUNetPlans_bs2", "batch_size": 2, "trainers": trainers,
+               "summary": summarize(runs, trainers), "ratios": paired_ratios(runs, *trainers), "runs": runs,
+               "warmups": [{"seed": 0, "fold": 0, "wall_seconds": 30.0}], "missing": []}
+    table = format_table(results)
+    header = next(line for line in table.splitlines() if line.startswith("| quantity"))
+    assert BASELINE_TRAINER in header and MAPO in header and "MAPO / baseline" in header and "(n=2)" in header
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert rows["Dice (foreground mean)"] == ("| Dice (foreground mean) | 0.8000 ± 0.1414 | 0.8500 ± 0.0707 "
+                                              "| 1.071 ± 0.101 |")
+    assert rows["wall time per training (s)"].endswith("| 100.0 ± 0.0 | 150.0 ± 0.0 | 1.500 ± 0.000 |")
+    assert "20.0%" in rows["preference rounds, share of epoch time"]
+    assert "| 1.50 ± 0.00 |" in rows["peak memory, max RSS (GiB)"]
+    assert "nnUNetTrainer` + budget overrides only" in table
+    assert "Shared warm-up" in table and "30.0 s" in table
+    assert table.count(f"| {MAPO} | ") == 2  # per-run rows

@@ -1,0 +1,42 @@
+"""Tests of ``nnunetv2_mapo.benchmark.spec`` and of the benchmark's trainers."""
+
+from __future__ import annotations
+
+import pytest
+from benchmark_helpers import spec
+
+from nnunetv2_mapo.benchmark.spec import (
+    BenchmarkInputError,
+    trainer_settings,
+    validate_spec,
+)
+
+
+def test_trainer_settings_per_role() -> None:
+    s = spec(shared_warmup_epochs=2, settings={"mapo_beta": 0.5, "initial_lr": 0.02})
+    warmup, baseline, mapo = (trainer_settings(s, role, 3) for role in ("warmup", "baseline", "mapo"))
+    assert warmup == {"num_epochs": 2, "num_iterations_per_epoch": 3, "num_val_iterations_per_epoch": 2,
+                      "save_every": 5, "initial_lr": 0.02}
+    assert baseline == {**warmup, "num_epochs": 6}
+    assert mapo == {**baseline, "mapo_beta": 0.5, "mapo_seed": 3, "mapo_warmup_epochs": 2}
+    assert "mapo_warmup_epochs" not in trainer_settings(spec(), "mapo", 0)
+    with pytest.raises(ValueError):
+        trainer_settings(s, "other", 0)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"seeds": 0}, "--seeds must be an integer >= 1"),
+    ({"epochs": 0}, "--epochs"),
+    ({"batch_size": 0}, "--batch-size"),
+    ({"folds": ()}, "at least one fold"),
+    ({"folds": (0, 0)}, "repeated"),
+    ({"shared_warmup_epochs": -1}, "--shared-warmup-epochs"),
+    ({"settings": {"num_epochs": 3}}, "set by the benchmark"),
+    ({"settings": {"mapo_seed": 3}}, "mapo_seed"),
+    ({"settings": {"mapo_warmup_epochs": 1}, "shared_warmup_epochs": 2}, "remove mapo_warmup_epochs"),
+    ({"settings": {"mapo_warmup_epochs": 4}}, "leaves no epoch"),
+    ({"device": "tpu"}, "--device"),
+])
+def test_validate_spec_rejects(changes: dict, message: str) -> None:
+    with pytest.raises(BenchmarkInputError, match=message):
+        validate_spec(spec(**changes))

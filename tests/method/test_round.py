@@ -1,0 +1,243 @@
+"""Tests of ``nnunetv2_mapo.method.round``: generation with a real nnU-Net U-Net."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from round_helpers import (
+    CPU,
+    LABELS,
+    LABELS_IGNORE,
+    REGIONS,
+    clean_logits,
+    generate,
+    label_batches,
+    region_batches,
+    tiny_unet,
+)
+
+from nnunetv2_mapo.method.dropout import inject_dropout
+from nnunetv2_mapo.method.preference_loss import mask_log_likelihoods
+from nnunetv2_mapo.method.round import generate_preference_set
+from nnunetv2_mapo.method.scoring import mean_foreground_dice, split_target
+
+pytestmark = pytest.mark.usefixtures("mapo_single_thread")
+
+
+@pytest.fixture(scope="module")
+def label_round():
+    network = tiny_unet()
+    batches = label_batches(network)
+    result = generate(network, batches, round_index=3, epoch=17)
+    return network, batches, result
+
+
+# ------------------------------------------------------------------------------------------------ generation
+def test_generation_finds_pairs_with_the_required_gap(label_round):
+    _, batches, result = label_round
+    assert len(result) > 0
+    assert result.num_items == 6
+    assert (result.round_index, result.epoch) == (3, 17)
+    assert (result.chosen_dice - result.rejected_dice >= 0.05 - 1e-6).all()
+    assert result.mean_dice_gap == pytest.approx(float((result.chosen_dice - result.rejected_dice).mean()))
+    differ = (result.chosen != result.rejected).flatten(1).any(1)
+    assert differ.all()
+    assert result.chosen.dtype == torch.uint8 and result.chosen.shape == (len(result), 16, 16)
+    assert result.valid is None
+    all_keys = [k for b in batches for k in b["keys"]]
+    assert result.keys == [k for k in all_keys if k in result.keys]  # in data order, no duplicates
+    assert len(set(result.keys)) == len(result)
+
+
+def test_stored_dice_and_images_match_the_inputs(label_round):
+    _, batches, result = label_round
+    data = torch.cat([b["data"] for b in batches])
+    target = torch.cat([b["target"] for b in batches])
+    index = [int(k.split("_")[1]) for k in result.keys]
+    assert result.images.dtype == torch.float16
+    assert torch.equal(result.images, data[index].half())
+    reference, valid = split_target(target[index], LABELS)
+    masks = torch.stack([result.chosen, result.rejected], 1)
+    scores = mean_foreground_dice(masks, reference, valid, LABELS)
+    assert torch.allclose(scores[:, 0], result.chosen_dice, atol=1e-6)
+    assert torch.allclose(scores[:, 1], result.rejected_dice, atol=1e-6)
+
+
+def test_network_dice_is_that_of_the_prediction_without_dropout(label_round):
+    network, batches, result = label_round
+    target = torch.cat([b["target"] for b in batches])
+    index = [int(k.split("_")[1]) for k in result.keys]
+    reference, valid = split_target(target[index], LABELS)
+    own = clean_logits(network, result.images.float()).argmax(1)
+    expected = mean_foreground_dice(own[:, None], reference, valid, LABELS)[:, 0]
+    assert torch.allclose(result.network_dice, expected, atol=1e-6)
+    # The targets are the network's own prediction: no dropout hypothesis can beat it.
+    assert (result.network_dice >= result.chosen_dice - 1e-6).all()
+    assert result.chosen_beats_network == 0.0
+
+
+def test_reference_logps_are_those_of_the_eval_network(label_round):
+    network, batches, result = label_round
+    logits = clean_logits(network, result.images.float())
+    ref_c, ref_r, num_disagree = mask_log_likelihoods(logits, result.chosen, result.rejected)
+    assert torch.allclose(result.reference_chosen_logps, ref_c, atol=1e-4)
+    assert torch.allclose(result.reference_rejected_logps, ref_r, atol=1e-4)
+    assert (num_disagree > 0).all()
+    assert (result.reference_chosen_logps <= 0).all() and (result.reference_rejected_logps <= 0).all()
+
+
+def test_chosen_mask_is_more_likely_than_rejected_under_the_reference(label_round):
+    # y+ is close to the clean prediction, y- is the noisiest hypothesis: the clean network prefers y+.
+    _, _, result = label_round
+    assert (result.reference_chosen_logps > result.reference_rejected_logps).float().mean() > 0.5
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_network_mode_and_injector_are_restored(training):
+    network = tiny_unet()
+    batches = label_batches(network)
+    network.train(training)
+    generate(network, batches)
+    assert network.training is training
+    assert all(m.training is training for m in network.modules())
+    assert not inject_dropout(network).active
+
+
+def test_network_mode_is_restored_when_a_batch_fails():
+    network = tiny_unet()
+    batches = label_batches(network)
+    network.train()
+
+    def failing():
+        yield batches[0]
+        raise RuntimeError("loader died")
+
+    with pytest.raises(RuntimeError, match="loader died"):
+        generate(network, failing())
+    assert network.training
+    assert not inject_dropout(network).active
+
+
+def test_batchnorm_statistics_untouched():
+    network = tiny_unet(norm="batch")
+    network.train()
+    with torch.no_grad():
+        network(torch.randn(4, 1, 16, 16) * 2 + 1)  # non-trivial running statistics
+    batches = label_batches(network)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    result = generate(network, batches)
+    assert len(result) > 0
+    for key, value in network.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_margin_one_gives_an_empty_set():
+    network = tiny_unet()
+    result = generate(network, label_batches(network), margin=1.0, round_index=2, epoch=5)
+    assert len(result) == 0
+    assert result.num_items == 6
+    assert (result.round_index, result.epoch) == (2, 5)
+    assert math.isnan(result.mean_dice_gap)
+    assert result.keys == []
+    with pytest.raises(ValueError, match="empty preference set"):
+        result.sample(2, torch.Generator())
+
+
+def test_no_batches_gives_an_empty_set():
+    network = tiny_unet()
+    result = generate(network, [])
+    assert len(result) == 0 and result.num_items == 0
+
+
+def test_generation_is_reproducible_with_a_seeded_generator():
+    network = tiny_unet()
+    batches = label_batches(network)
+    first, again = generate(network, batches, seed=4), generate(network, batches, seed=4)
+    other = generate(network, batches, seed=5)
+    assert first.keys == again.keys
+    assert torch.equal(first.chosen, again.chosen) and torch.equal(first.rejected, again.rejected)
+    assert torch.equal(first.reference_chosen_logps, again.reference_chosen_logps)
+    assert not (torch.equal(first.rejected, other.rejected) and first.keys == other.keys)
+
+
+@pytest.mark.parametrize("items_per_forward", [1, 3, 100, 0])
+def test_items_per_forward_does_not_change_the_items(items_per_forward):
+    network = tiny_unet()
+    result = generate(network, label_batches(network), items_per_forward=items_per_forward)
+    assert result.num_items == 6
+    assert len(result) > 0
+    assert (result.chosen_dice - result.rejected_dice >= 0.05 - 1e-6).all()
+
+
+@pytest.mark.parametrize("items_per_forward", [1, 3])
+def test_every_item_gets_every_rate(items_per_forward):
+    # Rate 0 among the K rates reproduces the clean prediction, which is the target here: every item's y+ must be
+    # that hypothesis (Dice 1), whatever its position in the batched forward pass.
+    network = tiny_unet()
+    batches = label_batches(network)
+    result = generate_preference_set(network, inject_dropout(network), batches, LABELS, 4, (0.0, 0.2, 0.4, 0.6),
+                                     0.05, items_per_forward, CPU, torch.Generator().manual_seed(0))
+    assert len(result) > 0
+    assert (result.chosen_dice == 1.0).all()
+    target = torch.cat([b["target"] for b in batches])[:, 0]
+    index = [int(k.split("_")[1]) for k in result.keys]
+    assert torch.equal(result.chosen.long(), target[index].long())
+
+
+def test_identical_hypotheses_give_no_pair_even_with_margin_zero():
+    network = tiny_unet()
+    result = generate_preference_set(network, inject_dropout(network), label_batches(network), LABELS, 3, (0.0,),
+                                     0.0, 2, CPU)
+    assert len(result) == 0  # every pair would have no disagreement voxel
+    assert result.num_items == 6
+
+
+def test_plain_tensor_output_network():
+    network = tiny_unet(deep_supervision=False)
+    result = generate(network, label_batches(network))
+    assert len(result) > 0
+    assert result.chosen.shape[1:] == (16, 16)
+
+
+def test_generation_with_ignore_label():
+    network = tiny_unet()
+    batches = label_batches(network, ignore=True)
+    result = generate(network, batches, label_manager=LABELS_IGNORE)
+    assert len(result) > 0
+    assert result.valid is not None and result.valid.dtype == torch.bool
+    assert result.valid.shape == (len(result), 1, 16, 16)
+    assert not result.valid[:, :, 12:].any() and result.valid[:, :, :12].all()
+    ref_c, ref_r, _ = mask_log_likelihoods(clean_logits(network, result.images.float()), result.chosen, result.rejected,
+                                           result.valid)
+    assert torch.allclose(result.reference_chosen_logps, ref_c, atol=1e-4)
+    assert torch.allclose(result.reference_rejected_logps, ref_r, atol=1e-4)
+    # the ignored band does not count: a set scored without ignore would include it
+    unmasked = mask_log_likelihoods(clean_logits(network, result.images.float()), result.chosen, result.rejected)
+    assert not torch.allclose(unmasked[0], ref_c) or not torch.allclose(unmasked[1], ref_r)
+
+
+def test_generation_with_regions():
+    network = tiny_unet(num_classes=2)
+    result = generate(network, region_batches(network), label_manager=REGIONS)
+    assert len(result) > 0
+    assert result.chosen.dtype == torch.bool and result.chosen.shape == (len(result), 2, 16, 16)
+    assert (result.chosen_dice - result.rejected_dice >= 0.05 - 1e-6).all()
+    ref_c, ref_r, _ = mask_log_likelihoods(clean_logits(network, result.images.float()), result.chosen, result.rejected,
+                                           regions=True)
+    assert torch.allclose(result.reference_chosen_logps, ref_c, atol=1e-4)
+    assert torch.allclose(result.reference_rejected_logps, ref_r, atol=1e-4)
+
+
+def test_numpy_keys_become_plain_strings():
+    network = tiny_unet()
+    batches = label_batches(network)
+    for batch in batches:
+        batch["keys"] = np.array(batch["keys"])  # nnU-Net's loaders may hand out numpy strings
+    result = generate(network, batches)
+    assert len(result) > 0
+    assert all(type(k) is str for k in result.keys)
+
+

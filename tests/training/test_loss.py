@@ -1,0 +1,267 @@
+"""Tests of ``nnunetv2_mapo.training.loss``: Dice+CE plus the preference term on the pair rows."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_loss
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+from nnunetv2_mapo.method.preference_loss import DPOLoss, dpo_loss, mask_log_likelihoods
+from nnunetv2_mapo.method.preference_set import PreferenceBatch
+from nnunetv2_mapo.training.loss import MAPOLoss, append_pair_rows, split_pair_rows
+from nnunetv2_mapo.training.metrics import STEP_KEYS
+
+pytestmark = pytest.mark.usefixtures("mapo_single_thread")
+
+SCALES = (1, 2, 4)  # full resolution and two deep-supervision outputs
+BATCH, PAIRS, CLASSES, SIZE = 3, 2, 3, 16
+
+
+def nnunet_loss(ignore_label: int | None = None, deep_supervision: bool = True):
+    """Built as ``nnUNetTrainer._build_loss`` builds it for label (not region) training without DDP."""
+    loss = DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {}, weight_ce=1,
+                          weight_dice=1, ignore_label=ignore_label, dice_class=MemoryEfficientSoftDiceLoss)
+    if not deep_supervision:
+        return loss
+    weights = np.array([1 / (2**i) for i in range(len(SCALES))])
+    weights[-1] = 0
+    weights = weights / weights.sum()
+    return DeepSupervisionWrapper(loss, weights)
+
+
+def nnunet_region_loss():
+    loss = DC_and_BCE_loss({}, {"batch_dice": False, "do_bg": True, "smooth": 1e-5, "ddp": False},
+                           use_ignore_label=False, dice_class=MemoryEfficientSoftDiceLoss)
+    return DeepSupervisionWrapper(loss, [0.6, 0.4, 0.0])
+
+
+def outputs(rows: int, channels: int = CLASSES, seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(rows, channels, SIZE // s, SIZE // s, generator=generator).requires_grad_()
+            for s in SCALES]
+
+
+def targets(rows: int = BATCH, seed: int = 1, max_label: int = CLASSES) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    full = torch.randint(0, max_label, (rows, 1, SIZE, SIZE), generator=generator).float()
+    return [full[:, :, ::s, ::s].contiguous() for s in SCALES]
+
+
+def pairs(count: int = PAIRS, seed: int = 2, valid: bool = False, reference=None) -> PreferenceBatch:
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.randint(0, CLASSES, (count, SIZE, SIZE), generator=generator).to(torch.uint8)
+    rejected = chosen.clone()
+    rejected[:, :6, :6] = (rejected[:, :6, :6] + 1) % CLASSES
+    ref_c = -torch.rand(count, generator=generator) * 50 if reference is None else reference[0]
+    ref_r = -torch.rand(count, generator=generator) * 50 if reference is None else reference[1]
+    return PreferenceBatch(
+        images=torch.randn(count, 1, SIZE, SIZE, generator=generator), chosen=chosen, rejected=rejected,
+        valid=(torch.rand(count, 1, SIZE, SIZE, generator=generator) > 0.3) if valid else None,
+        reference_chosen_logps=ref_c, reference_rejected_logps=ref_r,
+    )
+
+
+def expected_dpo(logits: torch.Tensor, batch: PreferenceBatch, beta: float = 1.0, loss_type: str = "sigmoid"):
+    lc, lr, n = mask_log_likelihoods(logits, batch.chosen, batch.rejected, batch.valid)
+    return dpo_loss(lc, lr, batch.reference_chosen_logps, batch.reference_rejected_logps, n, beta, loss_type)
+
+
+# ------------------------------------------------------------------------------------------------ without pairs
+def test_without_pairs_equals_the_segmentation_loss_exactly():
+    segmentation = nnunet_loss()
+    mapo = MAPOLoss(nnunet_loss(), DPOLoss(), weight=0.5)
+    out, tgt = outputs(BATCH), targets()
+    expected = segmentation(out, tgt)
+    got = mapo(out, tgt)
+    assert torch.equal(got, expected)
+    assert set(mapo.last_stats) == set(STEP_KEYS)
+    assert all(math.isnan(v) for v in mapo.last_stats.values())
+
+
+def test_initial_stats_are_inactive():
+    mapo = MAPOLoss(nnunet_loss(), DPOLoss(), weight=0.5)
+    assert set(mapo.last_stats) == set(STEP_KEYS)
+    assert all(math.isnan(v) for v in mapo.last_stats.values())
+
+
+def test_without_deep_supervision():
+    mapo = MAPOLoss(nnunet_loss(deep_supervision=False), DPOLoss(), weight=1.0)
+    out, tgt = outputs(BATCH + PAIRS)[0], targets()[0]
+    assert torch.equal(mapo(out[:BATCH], tgt), nnunet_loss(deep_supervision=False)(out[:BATCH], tgt))
+    batch = pairs()
+    got = mapo(out, tgt, pairs=batch)
+    expected = nnunet_loss(deep_supervision=False)(out[:BATCH], tgt) + expected_dpo(out[BATCH:], batch)[0].mean()
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ with pairs
+@pytest.mark.parametrize(("weight", "beta", "loss_type"), [(0.5, 1.0, "sigmoid"), (2.0, 0.1, "ipo"),
+                                                           (1.0, 3.0, "hinge")])
+def test_with_pairs_adds_weighted_dpo_on_the_last_rows(weight, beta, loss_type):
+    out, tgt, batch = outputs(BATCH + PAIRS), targets(), pairs()
+    mapo = MAPOLoss(nnunet_loss(), DPOLoss(beta, loss_type), weight)
+    got = mapo(out, tgt, pairs=batch)
+    segmentation = nnunet_loss()([o[:BATCH] for o in out], tgt)
+    losses, chosen_r, rejected_r = expected_dpo(out[0][BATCH:], batch, beta, loss_type)
+    assert torch.allclose(got, segmentation + weight * losses.mean(), atol=1e-6)
+    stats = mapo.last_stats
+    assert set(stats) == set(STEP_KEYS)
+    assert stats["mapo_dpo_loss"] == pytest.approx(losses.mean().item(), rel=1e-5)
+    assert stats["mapo_rewards_chosen"] == pytest.approx(chosen_r.mean().item(), rel=1e-5, abs=1e-7)
+    assert stats["mapo_rewards_rejected"] == pytest.approx(rejected_r.mean().item(), rel=1e-5, abs=1e-7)
+    assert stats["mapo_reward_margin"] == pytest.approx((chosen_r - rejected_r).mean().item(), rel=1e-5, abs=1e-7)
+    assert stats["mapo_reward_accuracy"] == pytest.approx((chosen_r > rejected_r).float().mean().item())
+    assert stats["mapo_skipped_steps"] == 0.0
+
+
+def test_pair_rows_do_not_enter_the_segmentation_loss():
+    out, tgt = outputs(BATCH + PAIRS), targets()
+    mapo = MAPOLoss(nnunet_loss(), DPOLoss(), weight=0.0)
+    got = mapo(out, tgt, pairs=pairs())
+    assert torch.allclose(got, nnunet_loss()([o[:BATCH] for o in out], tgt), atol=1e-7)
+    assert not math.isnan(mapo.last_stats["mapo_dpo_loss"])  # computed and logged even with weight 0
+
+
+def test_gradients_reach_the_right_rows():
+    out, tgt = outputs(BATCH + PAIRS), targets()
+    mapo = MAPOLoss(nnunet_loss(), DPOLoss(), weight=1.0)
+    mapo(out, tgt, pairs=pairs()).backward()
+    full, half = out[0].grad, out[1].grad
+    assert full[:BATCH].abs().sum() > 0  # Dice+CE
+    assert full[BATCH:].abs().sum() > 0  # DPO on the full-resolution output
+    assert torch.all(half[BATCH:] == 0)  # deep-supervision outputs of the pairs get nothing
+    assert half[:BATCH].abs().sum() > 0
+
+
+def test_pairs_are_used_for_one_call_only():
+    out, tgt = outputs(BATCH + PAIRS), targets()
+    mapo = MAPOLoss(nnunet_loss(), DPOLoss(), weight=1.0)
+    mapo(out, tgt, pairs=pairs())
+    assert not math.isnan(mapo.last_stats["mapo_dpo_loss"])
+    plain = outputs(BATCH)
+    assert torch.equal(mapo(plain, tgt), nnunet_loss()(plain, tgt))
+    assert all(math.isnan(v) for v in mapo.last_stats.values())
+
+
+def test_empty_pairs_count_as_no_pairs():
+    mapo = MAPOLoss(nnunet_loss(), DPOLoss(), weight=1.0)
+    plain, tgt = outputs(BATCH), targets()
+    assert torch.equal(mapo(plain, tgt, pairs=pairs(count=0)), nnunet_loss()(plain, tgt))
+    assert all(math.isnan(v) for v in mapo.last_stats.values())
+
+
+# ------------------------------------------------------------------------------------------------ pair rows
+def test_append_then_split_gives_back_the_batch_and_the_pair_rows():
+    data, batch = torch.randn(BATCH, 1, SIZE, SIZE), pairs()
+    joined = append_pair_rows(data, batch)
+    assert joined.shape[0] == BATCH + PAIRS
+    rows, pair_rows = split_pair_rows(joined, PAIRS)
+    assert torch.equal(rows, data) and torch.equal(pair_rows, batch.images)
+    scales, full = split_pair_rows([joined, joined[:, :, ::2, ::2]], PAIRS)
+    assert [s.shape[0] for s in scales] == [BATCH, BATCH] and torch.equal(full, batch.images)
+
+
+def test_append_without_pairs_is_the_identity_and_split_refuses_zero_rows():
+    data = torch.randn(BATCH, 1, SIZE, SIZE)
+    assert append_pair_rows(data, None) is data
+    assert append_pair_rows(data, pairs(count=0)) is data
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        split_pair_rows(data, 0)
+
+
+def test_reward_accuracy_is_one_when_the_policy_prefers_y_plus():
+    batch = pairs()
+    out = outputs(BATCH + PAIRS)
+    logits = out[0].detach().clone()
+    with torch.no_grad():
+        lc, lr, _ = mask_log_likelihoods(logits[BATCH:], batch.chosen, batch.rejected)
+        batch.reference_chosen_logps, batch.reference_rejected_logps = lc.clone(), lr.clone()
+        logits[BATCH:] += 5 * F.one_hot(batch.chosen.long(), CLASSES).permute(0, 3, 1, 2)  # boost y+
+    out[0] = logits
+    mapo = MAPOLoss(nnunet_loss(), DPOLoss(), weight=1.0)
+    mapo(out, targets(), pairs=batch)
+    assert mapo.last_stats["mapo_reward_accuracy"] == 1.0
+    assert mapo.last_stats["mapo_reward_margin"] > 0
+    assert mapo.last_stats["mapo_dpo_loss"] < math.log(2)
+
+
+def test_with_ignore_label_and_valid_masks():
+    segmentation = nnunet_loss(ignore_label=3)
+    out, tgt, batch = outputs(BATCH + PAIRS), targets(max_label=4), pairs(valid=True)
+    mapo = MAPOLoss(nnunet_loss(ignore_label=3), DPOLoss(), weight=0.7)
+    got = mapo(out, tgt, pairs=batch)
+    expected = segmentation([o[:BATCH] for o in out], tgt) + 0.7 * expected_dpo(out[0][BATCH:], batch)[0].mean()
+    assert torch.allclose(got, expected, atol=1e-6)
+    unmasked = PreferenceBatch(batch.images, batch.chosen, batch.rejected, None, batch.reference_chosen_logps,
+                               batch.reference_rejected_logps)
+    assert not torch.allclose(expected_dpo(out[0][BATCH:], batch)[0], expected_dpo(out[0][BATCH:], unmasked)[0])
+
+
+def test_region_training():
+    out = outputs(BATCH + PAIRS, channels=2)
+    generator = torch.Generator().manual_seed(4)
+    full = torch.rand(BATCH, 2, SIZE, SIZE, generator=generator) > 0.5
+    tgt = [full[:, :, ::s, ::s].contiguous() for s in SCALES]
+    chosen = torch.rand(PAIRS, 2, SIZE, SIZE, generator=generator) > 0.5
+    batch = PreferenceBatch(torch.zeros(PAIRS, 1, SIZE, SIZE), chosen, ~chosen, None, -torch.ones(PAIRS) * 100,
+                            -torch.ones(PAIRS) * 120)
+    mapo = MAPOLoss(nnunet_region_loss(), DPOLoss(regions=True), weight=0.5)
+    got = mapo(out, tgt, pairs=batch)
+    lc, lr, n = mask_log_likelihoods(out[0][BATCH:], chosen, ~chosen, regions=True)
+    dpo = dpo_loss(lc, lr, batch.reference_chosen_logps, batch.reference_rejected_logps, n, 1.0)[0].mean()
+    assert torch.allclose(got, nnunet_region_loss()([o[:BATCH] for o in out], tgt) + 0.5 * dpo, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ non-finite DPO
+@pytest.mark.parametrize("bad", ["reference_inf", "reference_nan", "logits_nan"])
+def test_non_finite_dpo_is_skipped(bad):
+    out, tgt = outputs(BATCH + PAIRS), targets()
+    value = {"reference_inf": float("inf"), "reference_nan": float("nan"), "logits_nan": -3.0}[bad]
+    batch = pairs(reference=(torch.tensor([value, -3.0]), torch.tensor([-2.0, -3.0])))
+    if bad == "logits_nan":  # e.g. an fp16 overflow in a pair row
+        with torch.no_grad():
+            out[0][BATCH, 0, 0, 0] = float("nan")
+    mapo = MAPOLoss(nnunet_loss(), DPOLoss(), weight=1.0)
+    assert not torch.isfinite(expected_dpo(out[0][BATCH:], batch)[0].mean())
+    got = mapo(out, tgt, pairs=batch)
+    segmentation = nnunet_loss()([o[:BATCH] for o in out], tgt)
+    assert torch.isfinite(got)
+    assert torch.equal(got, segmentation)
+    stats = mapo.last_stats
+    assert set(stats) == set(STEP_KEYS)
+    assert stats["mapo_skipped_steps"] == 1.0
+    assert all(math.isnan(v) for k, v in stats.items() if k != "mapo_skipped_steps")
+    got.backward()
+    for o in out[:2]:  # the last deep-supervision output has weight 0 in nnU-Net
+        assert o.grad is not None and torch.isfinite(o.grad).all()
+    assert torch.all(out[0].grad[BATCH:] == 0)
+
+
+def test_a_finite_step_after_a_skipped_one_resets_the_counter():
+    out, tgt = outputs(BATCH + PAIRS), targets()
+    mapo = MAPOLoss(nnunet_loss(), DPOLoss(), weight=1.0)
+    mapo(out, tgt, pairs=pairs(reference=(torch.tensor([float("nan"), 0.0]), torch.zeros(2))))
+    assert mapo.last_stats["mapo_skipped_steps"] == 1.0
+    mapo(out, tgt, pairs=pairs())
+    assert mapo.last_stats["mapo_skipped_steps"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------------ construction
+@pytest.mark.parametrize("weight", [-0.1, -1, float("nan")])
+def test_invalid_weight_raises(weight):
+    with pytest.raises(ValueError, match="weight must be >= 0"):
+        MAPOLoss(nnunet_loss(), DPOLoss(), weight)
+
+
+def test_is_a_module_with_both_losses_as_children():
+    segmentation, preference = nnunet_loss(), DPOLoss()
+    mapo = MAPOLoss(segmentation, preference, 1)
+    assert mapo.segmentation_loss is segmentation and mapo.preference_loss is preference
+    assert isinstance(mapo.weight, float)
+    assert list(dict(mapo.named_children())) == ["segmentation_loss", "preference_loss"]

@@ -1,0 +1,198 @@
+"""In-process tests of nnUNetTrainerMAPO's hooks on a small preprocessed synthetic dataset."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+
+import pytest
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunetv2_mapo.commands.synthetic import write_synthetic_dataset
+from nnunetv2_mapo.commands.workspace import Workspace
+from nnunetv2_mapo.method.dropout import find_injector
+from nnunetv2_mapo.training.checkpointing import MAPOStateError
+from nnunetv2_mapo.training.settings import MAPOConfigError
+from nnunetv2_mapo.training.trainer import nnUNetTrainerMAPO
+from nnunetv2_mapo.training.variants.preference_loss import nnUNetTrainerMAPO_IPO
+from nnunetv2_mapo.training.variants.schedule import nnUNetTrainerMAPO_NoWarmup
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Workspace:
+    ws = Workspace(str(tmp_path_factory.mktemp("trainer")))
+    write_synthetic_dataset(ws.raw, 905, "TrainerToy", dim=2, num_cases=10, shape=(48, 48), seed=5)
+    ws.plan_and_preprocess(905, ["2d"])
+    return ws
+
+
+@pytest.fixture
+def make_trainer(workspace: Workspace, monkeypatch):
+    for key, value in workspace.environment({"nnUNet_n_proc_DA": "0"}).items():
+        if key.startswith("nnUNet"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.delenv("nnUNet_mapo_config", raising=False)
+    folder = os.path.join(workspace.preprocessed, "Dataset905_TrainerToy")
+
+    def make(cls=nnUNetTrainerMAPO, fold: int = 0, continue_training: bool = False, **settings):
+        plans = load_json(os.path.join(folder, "nnUNetPlans.json"))
+        plans["continue_training"] = continue_training
+        trainer = cls(plans, "2d", fold, load_json(os.path.join(folder, "dataset.json")), torch.device("cpu"))
+        for name, value in settings.items():
+            setattr(trainer, name, value)
+        return trainer
+
+    return make
+
+
+def test_network_keys_equal_plain_network(make_trainer) -> None:
+    trainer = make_trainer()
+    trainer.initialize()
+    plain = nnUNetTrainer.build_network_architecture(
+        trainer.plans_manager, trainer.configuration_manager, trainer.num_input_channels,
+        trainer.label_manager.num_segmentation_heads, True)
+    assert list(trainer.network.state_dict()) == list(plain.state_dict())
+    plain.load_state_dict(trainer.network.state_dict(), strict=True)
+    assert find_injector(trainer.network).hooked_modules
+
+
+def test_settings_from_environment_and_bad_values(make_trainer, monkeypatch) -> None:
+    monkeypatch.setenv("nnUNet_mapo_config", json.dumps({"mapo_beta": 0.25, "num_epochs": 20}))
+    trainer = make_trainer()
+    trainer.initialize()
+    assert trainer.mapo_beta == 0.25 and trainer.num_epochs == 20
+    assert trainer.mapo_warmup_epochs == 2  # derived: 10% of num_epochs
+    assert trainer.loss.preference_loss.beta == 0.25
+
+    monkeypatch.setenv("nnUNet_mapo_config", json.dumps({"mapo_num_hypotheses": 1}))
+    bad = make_trainer(fold=1)
+    with pytest.raises(MAPOConfigError, match="mapo_num_hypotheses"):
+        bad.initialize()
+    assert bad.network is None and bad.dataloader_train is None  # refused before building anything
+
+
+def test_variant_attributes_are_validated_too(make_trainer) -> None:
+    trainer = make_trainer(nnUNetTrainerMAPO_IPO)
+    trainer.initialize()
+    assert trainer.loss.preference_loss.loss_type == "ipo"
+    with pytest.raises(MAPOConfigError, match="mapo_warmup_epochs"):
+        make_trainer(mapo_warmup_epochs=1000, num_epochs=1000).initialize()
+
+
+def test_round_schedule(make_trainer) -> None:
+    trainer = make_trainer(mapo_warmup_epochs=3, mapo_regen_every=5, num_epochs=30)
+    trainer.initialize()
+    assert [e for e in range(15) if trainer.mapo_round_due(e)] == list(range(3, 15))  # no set yet: all due
+    trainer.mapo_preference_set = object()  # once a set exists, rounds follow the schedule
+    assert [e for e in range(15) if trainer.mapo_round_due(e)] == [3, 8, 13]
+    no_warmup = make_trainer(nnUNetTrainerMAPO_NoWarmup, num_epochs=10)
+    no_warmup.initialize()
+    assert no_warmup.mapo_round_due(0)
+
+
+def test_round_step_and_state_round_trip(make_trainer) -> None:
+    trainer = make_trainer(mapo_warmup_epochs=0, num_epochs=5, mapo_cases_per_round=4, mapo_num_hypotheses=4,
+                           mapo_pair_margin=0.0, mapo_pairs_per_step=1)  # a pair in every step
+    trainer.on_train_start()
+    try:
+        pairs = trainer.run_preference_round()
+        assert pairs.num_items == 4 and trainer.mapo_round_index == 1
+        assert len(pairs) >= 1
+        assert bool((pairs.chosen_dice >= pairs.rejected_dice).all())
+
+        trainer.network.train()
+        result = trainer.train_step(next(trainer.dataloader_train))
+        assert math.isfinite(result["mapo_dpo_loss"]) and 0 <= result["mapo_reward_accuracy"] <= 1
+        # policy == reference at the start of a round (InstanceNorm): rewards start at zero
+        assert abs(result["mapo_rewards_chosen"]) < 1e-3 and abs(result["mapo_rewards_rejected"]) < 1e-3
+
+        # a non-finite DPO value never reaches the optimizer: the step trains on Dice+CE and is counted
+        healthy = trainer.mapo_preference_set.reference_chosen_logps.clone()
+        trainer.mapo_preference_set.reference_chosen_logps.fill_(float("nan"))
+        before = [p.detach().clone() for p in trainer.network.parameters()]
+        skipped = trainer.train_step(next(trainer.dataloader_train))
+        assert skipped["mapo_skipped_steps"] == 1.0 and math.isnan(skipped["mapo_dpo_loss"])
+        assert all(torch.isfinite(p).all() for p in trainer.network.parameters())
+        assert any(not torch.equal(a, b) for a, b in zip(before, trainer.network.parameters()))  # Dice+CE step ran
+        trainer.on_train_epoch_end([result, skipped])
+        assert trainer.logger.get_value("mapo_skipped_steps", step=-1) == 1
+        trainer.mapo_preference_set.reference_chosen_logps.copy_(healthy)
+
+        # a fractional rate: pairs in every other step, and the schedule position survives a resume
+        trainer.mapo_pairs_per_step = 0.5
+        steps_before = trainer._mapo_pair_steps
+        counts = [0 if (p := trainer._next_pairs()) is None else len(p) for _ in range(4)]
+        assert sum(counts) == 2 and set(counts) == {0, 1}
+        assert trainer._mapo_pair_steps == steps_before + 4
+
+        state = trainer.mapo_state_dict()
+        other = make_trainer(fold=1)
+        other.initialize()
+        other.load_mapo_state_dict(state)
+        assert other._mapo_pair_steps == trainer._mapo_pair_steps
+        assert other.mapo_round_index == 1 and len(other.mapo_preference_set) == len(pairs)
+        assert torch.equal(other.mapo_preference_set.chosen, pairs.chosen)
+        with pytest.raises(MAPOStateError):
+            other.load_mapo_state_dict({"round_index": 1})
+    finally:
+        trainer.on_train_end()
+
+
+def test_continue_from_foreign_checkpoint_is_refused(make_trainer, tmp_path) -> None:
+    trainer = make_trainer()
+    trainer.initialize()
+    path = str(tmp_path / "checkpoint_latest.pth")
+    nnUNetTrainer.save_checkpoint(trainer, path)  # what a plain nnUNetTrainer writes: no MAPO state beside it
+    fresh = make_trainer(fold=1)
+    with pytest.raises(MAPOStateError, match="-pretrained_weights"):
+        fresh.load_checkpoint(path)
+
+
+def test_round_without_pairs_warns_once_and_trains_on_dice_ce(make_trainer) -> None:
+    trainer = make_trainer(mapo_warmup_epochs=0, num_epochs=5, mapo_cases_per_round=3, mapo_num_hypotheses=2,
+                           mapo_pair_margin=1.0, mapo_dropout_rates=[0.0])
+    trainer.on_train_start()
+    try:
+        with pytest.warns(RuntimeWarning, match="no item yielded a preference pair"):
+            empty = trainer.run_preference_round()
+        assert len(empty) == 0 and empty.num_items == 3
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            trainer.run_preference_round()  # the warning is given once per run
+        trainer.network.train()
+        result = trainer.train_step(next(trainer.dataloader_train))
+        assert math.isnan(result["mapo_dpo_loss"]) and math.isfinite(float(result["loss"]))
+        trainer.on_train_epoch_end([result])
+        assert trainer.logger.get_value("mapo_num_pairs", step=-1) == 0
+        assert trainer.logger.get_value("mapo_skipped_steps", step=-1) == 0
+    finally:
+        trainer.on_train_end()
+
+
+def test_hyperparameters_in_init_are_the_documented_settings(make_trainer) -> None:
+    import inspect
+
+    from nnunetv2_mapo.training.settings import MAPO_SETTINGS, NNUNET_SETTINGS
+
+    trainer = make_trainer()  # not initialised: the values written out in __init__
+    for setting in MAPO_SETTINGS + NNUNET_SETTINGS:
+        value = getattr(trainer, setting.name)
+        assert value == setting.default, (setting.name, value, setting.default)
+    source = inspect.getsource(nnUNetTrainerMAPO.__init__)
+    block = source.split("### Some hyperparameters for you to fiddle with", 1)[1].split("\n\n", 1)[0]
+    written = [line.strip().split(":")[0].split(" =")[0].removeprefix("self.") for line in block.splitlines()[1:]]
+    assert written == [s.name for s in MAPO_SETTINGS]  # each written out once, in the table's order
+
+
+def test_variants_compose_by_multiple_inheritance(make_trainer) -> None:
+    from nnunetv2_mapo.training.variants.dropout import nnUNetTrainerMAPO_ChannelDropout
+
+    class Combined(nnUNetTrainerMAPO_IPO, nnUNetTrainerMAPO_ChannelDropout, nnUNetTrainerMAPO_NoWarmup):
+        pass
+
+    trainer = make_trainer(Combined)
+    assert (trainer.mapo_loss_type, trainer.mapo_dropout_mode, trainer.mapo_warmup_epochs) == ("ipo", "channel", 0)
