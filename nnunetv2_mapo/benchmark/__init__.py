@@ -7,7 +7,7 @@ For every repetition ("seed") and fold the benchmark trains, through nnU-Net's r
 * the MAPO trainer (``nnUNetTrainerMAPO`` or a variant), with the same budget and the MAPO settings.
 
 nnU-Net's final validation predicts the fold's validation cases into ``fold_X/validation/``; they are evaluated with
-:func:`nnunetv2_mapo.evaluation.folder.evaluate_folder` (nnU-Net's Dice plus HD95/ASD) against
+:func:`nnunetv2_mapo.evaluation.folder.evaluate_folder` (nnU-Net's Dice plus HD95, ASD and NSD) against
 ``nnUNet_preprocessed/<Dataset>/gt_segmentations``. The results go to ``results.json``, ``results.md`` (mean and
 sample standard deviation over seeds x folds per trainer, MAPO/baseline ratios of the runs of the same seed and
 fold), ``metrics.png`` and ``training_curves.png``.

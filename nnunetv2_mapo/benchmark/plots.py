@@ -12,7 +12,7 @@ from nnunetv2_mapo.benchmark.stats import METRICS
 
 
 def plot_metrics(results: Mapping[str, Any], path: str) -> str:
-    """``metrics.png``: Dice, HD95 and ASD of every run per trainer, with mean ± std.
+    """``metrics.png``: Dice, HD95, ASD and NSD of every run per trainer, with mean ± std.
 
     Args:
         results: What :meth:`Benchmark.collect_results` returns.
@@ -40,7 +40,7 @@ def plot_metrics(results: Mapping[str, Any], path: str) -> str:
                 ax.errorbar(index + 0.25, stat["mean"], yerr=err, fmt="D", color=f"C{index}", capsize=5, zorder=4)
         ax.set_xticks(range(len(trainers)))
         ax.set_xticklabels(["baseline", "MAPO"])
-        unit = " (mm)" if metric != "Dice" else ""
+        unit = " (mm)" if metric in ("HD95", "ASD") else ""
         ax.set_title(f"{metric}{unit}")
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(f"{results['dataset']} {results['spec']['configuration']}: validation cases, runs and "

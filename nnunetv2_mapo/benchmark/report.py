@@ -72,7 +72,8 @@ def format_table(results: Mapping[str, Any]) -> str:
         "- A seed is a repetition: nnU-Net has no seed option (initial weights, sampling and augmentation are random "
         "in every training process); `mapo_seed` is set to the seed index.",
         "- Dice: nnU-Net's foreground mean on the fold's validation cases (nnU-Net's final validation predictions). "
-        "HD95/ASD: mean over foreground classes of the per-class means over cases where prediction and reference "
+        "HD95/ASD/NSD (NSD at the default 2 mm tolerance): mean over foreground classes of the per-class means over "
+        "cases where prediction and reference "
         "are both non-empty (docs/evaluation.md).",
         "- Wall time: the `nnUNetv2_train` processes of a training (start-up, epochs, final validation; summed over "
         "resumed runs). Time per epoch and epoch time come from the checkpoint's epoch_start/end timestamps of the "
@@ -90,16 +91,17 @@ def format_table(results: Mapping[str, Any]) -> str:
                      + f"; wall time {format_stat(wall, '{:.1f}')} s, not included above. Both "
                      f"trainers continue from its checkpoint with `--c`.")
     lines += ["", "## Runs", "",
-              "| trainer | seed | fold | Dice | HD95 (mm) | ASD (mm) | cases | wall (s) | s/epoch | pref. rounds (s) "
-              "| peak RSS (GiB) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| trainer | seed | fold | Dice | HD95 (mm) | ASD (mm) | NSD | cases | wall (s) | s/epoch "
+              "| pref. rounds (s) | peak RSS (GiB) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(value: Any, fmt: str) -> str:
         return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
 
     for r in sorted(runs, key=lambda r: (r["seed"], r["fold"], r["trainer"] != baseline)):
         lines.append(f"| {r['trainer']} | {r['seed']} | {r['fold']} | {cell(r.get('Dice'), '{:.4f}')} | "
-                     f"{cell(r.get('HD95'), '{:.2f}')} | {cell(r.get('ASD'), '{:.3f}')} | {r.get('num_cases', '–')} | "
+                     f"{cell(r.get('HD95'), '{:.2f}')} | {cell(r.get('ASD'), '{:.3f}')} | "
+                     f"{cell(r.get('NSD'), '{:.4f}')} | {r.get('num_cases', '–')} | "
                      f"{cell(r.get('wall_seconds'), '{:.1f}')} | {cell(r.get('seconds_per_epoch'), '{:.2f}')} | "
                      f"{cell(r.get('preference_seconds'), '{:.1f}')} | {cell(r.get('peak_rss_gib'), '{:.2f}')} |")
     missing = results.get("missing", [])

@@ -272,7 +272,7 @@ class Benchmark:
         assert self.workspace is not None
         fold_folder = self.fold_folder(seed, trainer, fold)
         output_base = os.path.dirname(fold_folder)
-        self.step(f"seed {seed} fold {fold}: evaluating {trainer} (Dice, HD95, ASD)")
+        self.step(f"seed {seed} fold {fold}: evaluating {trainer} (Dice, HD95, ASD, NSD)")
         with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints which reader it uses
             summary = evaluate_folder(
                 os.path.join(self.workspace.preprocessed, self.dataset_name, "gt_segmentations"),

@@ -9,12 +9,13 @@ from typing import Any
 
 import numpy as np
 
-METRICS = ("Dice", "HD95", "ASD")
+METRICS = ("Dice", "HD95", "ASD", "NSD")
 # Quantities of a run that the summary and the ratios cover, with their table labels and number formats.
 QUANTITIES: tuple[tuple[str, str, str], ...] = (
     ("Dice", "Dice (foreground mean)", "{:.4f}"),
     ("HD95", "HD95 (mm, foreground mean)", "{:.2f}"),
     ("ASD", "ASD (mm, foreground mean)", "{:.3f}"),
+    ("NSD", "NSD (foreground mean, 2 mm tolerance)", "{:.4f}"),
     ("wall_seconds", "wall time per training (s)", "{:.1f}"),
     ("seconds_per_epoch", "time per epoch (s)", "{:.2f}"),
     ("training_seconds", "epoch time, summed (s)", "{:.1f}"),

@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                           "(nothing when none are needed)"),
     "doctor": ("nnunetv2_mapo.commands.doctor", "check that nnU-Net finds and can run nnUNetTrainerMAPO"),
     "settings": ("nnunetv2_mapo.commands.cli", "list every setting with default and allowed range"),
-    "evaluate": ("nnunetv2_mapo.commands.evaluate", "nnUNetv2_evaluate_folder plus HD95 and ASD in mm"),
+    "evaluate": ("nnunetv2_mapo.commands.evaluate", "nnUNetv2_evaluate_folder plus HD95 and ASD in mm and NSD"),
     "demo": ("nnunetv2_mapo.commands.demo", "plan, train MAPO briefly, predict and evaluate on a small dataset"),
     "benchmark": ("nnunetv2_mapo.benchmark.cli", "nnUNetTrainer vs nnUNetTrainerMAPO: same split and budget"),
     "round-cost": ("nnunetv2_mapo.commands.round_cost", "time preference rounds against cases and patch size"),

@@ -1,4 +1,4 @@
-"""``nnunetv2_mapo evaluate``: ``nnUNetv2_evaluate_folder``'s arguments and output, plus HD95 and ASD."""
+"""``nnunetv2_mapo evaluate``: ``nnUNetv2_evaluate_folder``'s arguments and output, plus HD95, ASD and NSD."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 import sys
 
 from nnunetv2.configuration import default_num_processes  # light: nnU-Net's environment defaults only
+
+from nnunetv2_mapo.evaluation.surface import DEFAULT_NSD_TOLERANCE_MM
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not fail if pred_folder lacks some of the cases in gt_folder (evaluate only the predicted ones)",
     )
+    parser.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM,
+                        help=f"tolerance of the normalised surface Dice, in mm (default {DEFAULT_NSD_TOLERANCE_MM}; "
+                             f"docs/evaluation.md says why)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     output_file = args.o if args.o is not None else os.path.join(args.pred_folder, "summary.json")
     try:
         summary = evaluate_folder(args.gt_folder, args.pred_folder, args.djfile, args.pfile, output_file, args.np,
-                                  args.chill)
+                                  args.chill, args.nsd_tolerance)
     except EvaluationInputError as exc:
         print(f"nnunetv2_mapo evaluate: error: {exc}", file=sys.stderr)
         return 2
@@ -59,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     rows = [(str(k), v) for k, v in summary["mean"].items()] + [("foreground mean", summary["foreground_mean"])]
     for name, values in rows:
         print(
-            f"  {name}: Dice {values['Dice']:.4f}  HD95 {values['HD95']:.4f}  ASD {values['ASD']:.4f}"
+            f"  {name}: Dice {values['Dice']:.4f}  HD95 {values['HD95']:.4f}  ASD {values['ASD']:.4f}  "
+            f"NSD@{args.nsd_tolerance:g}mm {values['NSD']:.4f}"
             f"  (distances from {values['n_surface_evaluated']} case(s); ref empty/pred not: "
             f"{values['n_ref_empty_pred_nonempty']}, pred empty/ref not: {values['n_pred_empty_ref_nonempty']}, "
             f"both empty: {values['n_both_empty']})"

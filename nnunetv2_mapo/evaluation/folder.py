@@ -4,24 +4,24 @@ The output ``summary.json`` has exactly the layout of nnU-Net's
 ``nnunetv2.evaluation.evaluate_predictions.compute_metrics_on_folder`` (``metric_per_case``, ``mean``,
 ``foreground_mean``; written with nnU-Net's ``save_summary_json``), and every value nnU-Net writes (Dice, IoU, TP,
 FP, FN, TN, n_pred, n_ref) is computed by nnU-Net's own ``compute_metrics``. Each class/region gains HD95 and ASD in
-millimetres; their definitions: :mod:`nnunetv2_mapo.evaluation.surface`.
+millimetres and the normalised surface Dice NSD; their definitions: :mod:`nnunetv2_mapo.evaluation.surface`.
 
 Empty classes (per case and class/region; "empty" means no voxel of that class outside the ignore label, i.e.
 nnU-Net's ``n_ref == 0`` / ``n_pred == 0``):
 
-* both empty: ``HD95 = ASD = NaN`` (nnU-Net's Dice is NaN too);
-* reference empty, prediction not (false-positive structure): ``HD95 = ASD = NaN``;
-* prediction empty, reference not (missed structure): ``HD95 = ASD = NaN``.
+* both empty: ``HD95 = ASD = NSD = NaN`` (nnU-Net's Dice is NaN too);
+* reference empty, prediction not (false-positive structure): ``HD95 = ASD = NSD = NaN``;
+* prediction empty, reference not (missed structure): ``HD95 = ASD = NSD = NaN``.
 
 A distance between a surface and nothing does not exist, and any finite stand-in (image diagonal, a fixed
 penalty) depends on the field of view and would dominate the mean, so it is not invented here. These cases are
 not hidden either: Dice is 0 for both one-sided cases, and ``mean[class]`` counts each kind of case in
 ``n_both_empty``, ``n_ref_empty_pred_nonempty`` and ``n_pred_empty_ref_nonempty``, next to ``n_surface_evaluated``
-(cases where both masks are non-empty, the only ones that enter the HD95/ASD means). Read the HD95/ASD means as
+(cases where both masks are non-empty, the only ones that enter the HD95/ASD/NSD means). Read those means as
 "boundary error of the structures that were found", always together with Dice and these counts. Per-class means
 use ``nanmean`` (as nnU-Net does for every metric), so NaN cases are left out; a class without any evaluable case
 has a NaN mean. ``foreground_mean`` is, as in nnU-Net, the mean over foreground classes of the per-class means:
-nnU-Net's metrics keep nnU-Net's plain mean, HD95/ASD use ``nanmean`` over the classes that have a value, and the
+nnU-Net's metrics keep nnU-Net's plain mean, HD95/ASD/NSD use ``nanmean`` over the classes that have a value, and the
 four counts are *totals* over the foreground classes. No value is ever ``inf``. NaN is written to JSON as ``NaN``,
 as nnU-Net does for Dice.
 
@@ -50,7 +50,7 @@ from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from
 from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunetv2_mapo.evaluation.surface import SURFACE_METRICS, surface_metrics
+from nnunetv2_mapo.evaluation.surface import DEFAULT_NSD_TOLERANCE_MM, SURFACE_METRICS, surface_metrics
 
 LabelOrRegion = int | tuple[int, ...]
 
@@ -90,6 +90,7 @@ def compute_metrics_with_surface(
     image_reader_writer: BaseReaderWriter,
     labels_or_regions: Sequence[LabelOrRegion],
     ignore_label: int | None = None,
+    nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM,
 ) -> dict:
     """Metrics of one case: nnU-Net's ``compute_metrics`` output plus ``HD95`` and ``ASD`` per class/region.
 
@@ -99,10 +100,11 @@ def compute_metrics_with_surface(
         image_reader_writer: nnU-Net reader/writer instance for these files.
         labels_or_regions: Labels (ints) or regions (tuples of labels) to evaluate.
         ignore_label: The dataset's ignore label, or None.
+        nsd_tolerance: The NSD's tolerance in mm.
 
     Returns:
         ``{'reference_file', 'prediction_file', 'metrics': {label_or_region: {metric: value}}}`` as nnU-Net's
-        ``compute_metrics``, each metrics dict extended by ``HD95`` and ``ASD`` (mm).
+        ``compute_metrics``, each metrics dict extended by ``HD95``, ``ASD`` (mm) and ``NSD``.
 
     Raises:
         ValueError: If the two images differ in shape or spacing, or are not single-channel.
@@ -133,7 +135,7 @@ def compute_metrics_with_surface(
         if valid is not None:
             mask_ref &= valid
             mask_pred &= valid
-        results["metrics"][label_or_region].update(surface_metrics(mask_ref, mask_pred, spacing))
+        results["metrics"][label_or_region].update(surface_metrics(mask_ref, mask_pred, spacing, nsd_tolerance))
     return results
 
 
@@ -229,6 +231,12 @@ def aggregate_metrics(
     return means, foreground_mean
 
 
+def _check_tolerance(nsd_tolerance: float) -> None:
+    if isinstance(nsd_tolerance, bool) or not isinstance(nsd_tolerance, (int, float)) or not (
+            np.isfinite(nsd_tolerance) and nsd_tolerance >= 0):
+        raise EvaluationInputError(f"The NSD tolerance must be a number of mm >= 0, got {nsd_tolerance!r}.")
+
+
 def _check_output_and_processes(output_file: str | None, num_processes: int) -> None:
     if output_file is not None and not output_file.endswith(".json"):
         raise EvaluationInputError(f"The output file must end with .json, got {output_file}.")
@@ -246,8 +254,9 @@ def compute_metrics_on_folder_with_surface(
     ignore_label: int | None = None,
     num_processes: int = default_num_processes,
     chill: bool = True,
+    nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM,
 ) -> dict:
-    """nnU-Net's ``compute_metrics_on_folder`` with HD95 and ASD added (same arguments, same output layout).
+    """nnU-Net's ``compute_metrics_on_folder`` with HD95, ASD and NSD added (same arguments, same output layout).
 
     Args:
         folder_ref: Folder with the reference segmentations.
@@ -259,6 +268,7 @@ def compute_metrics_on_folder_with_surface(
         ignore_label: The dataset's ignore label, or None.
         num_processes: Worker processes (spawned, as in nnU-Net); 1 evaluates in this process.
         chill: If False, every reference file must have a prediction.
+        nsd_tolerance: The NSD's tolerance in mm.
 
     Returns:
         ``{'metric_per_case': [...], 'mean': {label_or_region: {...}}, 'foreground_mean': {...}}`` with tuple keys
@@ -269,6 +279,7 @@ def compute_metrics_on_folder_with_surface(
         ValueError: If a reference/prediction pair differs in shape or spacing.
     """
     _check_output_and_processes(output_file, num_processes)
+    _check_tolerance(nsd_tolerance)
     if not regions_or_labels:
         raise EvaluationInputError("No labels or regions to evaluate; pass at least one.")
     regions_or_labels = list(regions_or_labels)
@@ -276,7 +287,8 @@ def compute_metrics_on_folder_with_surface(
     if output_file is not None:
         maybe_mkdir_p(os.path.dirname(os.path.abspath(output_file)))
 
-    jobs = [(r, p, image_reader_writer, regions_or_labels, ignore_label) for r, p in zip(files_ref, files_pred)]
+    jobs = [(r, p, image_reader_writer, regions_or_labels, ignore_label, nsd_tolerance)
+            for r, p in zip(files_ref, files_pred)]
     n_workers = min(num_processes, len(jobs))
     if n_workers == 1:
         results = [compute_metrics_with_surface(*job) for job in jobs]
@@ -315,6 +327,7 @@ def evaluate_folder(
     output_file: str | None = None,
     num_processes: int = 1,
     chill: bool = True,
+    nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_MM,
 ) -> dict:
     """:func:`compute_metrics_on_folder_with_surface` configured from dataset.json and plans files, like
     ``nnUNetv2_evaluate_folder``.
@@ -327,6 +340,7 @@ def evaluate_folder(
         output_file: Summary path; default ``pred_folder/summary.json``.
         num_processes: Worker processes.
         chill: If False, every reference file must have a prediction.
+        nsd_tolerance: The NSD's tolerance in mm.
 
     Returns:
         The summary (see :func:`compute_metrics_on_folder_with_surface`).
@@ -342,6 +356,7 @@ def evaluate_folder(
     file_ending = dataset_json["file_ending"]
     output_file = output_file if output_file is not None else join(pred_folder, "summary.json")
     _check_output_and_processes(output_file, num_processes)
+    _check_tolerance(nsd_tolerance)
     files_ref, _ = pair_files(gt_folder, pred_folder, file_ending, chill=chill)
     rw = determine_reader_writer_from_dataset_json(dataset_json, files_ref[0])()
     label_manager = PlansManager(plans).get_label_manager(dataset_json)
@@ -349,4 +364,4 @@ def evaluate_folder(
     regions_or_labels = lm.foreground_regions if lm.has_regions else lm.foreground_labels
     return compute_metrics_on_folder_with_surface(gt_folder, pred_folder, output_file, rw, file_ending,
                                                   regions_or_labels, label_manager.ignore_label, num_processes,
-                                                  chill=chill)
+                                                  chill=chill, nsd_tolerance=nsd_tolerance)

@@ -106,6 +106,18 @@ def test_cli_summary_uses_reader_spacing_in_array_order(label_summary: dict) -> 
     # sphere shifted by one voxel along array axis 2 (0.5 mm): all distances <= 0.5 mm (3.0 with reversed spacing)
     assert 0 < per_case["case_a.nii.gz"]["1"]["HD95"] <= 0.5 + 1e-6
     assert per_case["case_b.nii.gz"]["1"]["HD95"] == 0.0 and per_case["case_b.nii.gz"]["1"]["ASD"] == 0.0
+    # NSD at the default 2 mm: the plate's 3 mm shift is outside it, the sphere's <= 0.5 mm inside it
+    assert per_case["case_a.nii.gz"]["2"]["NSD"] == 0.0 and per_case["case_a.nii.gz"]["1"]["NSD"] == 1.0
+
+
+def test_cli_nsd_tolerance_is_passed_on_and_checked(label_dataset: Path, tmp_path: Path, capsys) -> None:
+    output = tmp_path / "wide.json"
+    assert run_evaluate(_cli_args(label_dataset, "-np", "1", "-o", str(output), "--nsd-tolerance", "3")) == 0
+    wide = json.loads(output.read_text())
+    per_case = {Path(c["prediction_file"]).name: c["metrics"] for c in wide["metric_per_case"]}
+    assert per_case["case_a.nii.gz"]["2"]["NSD"] == 1.0  # 3 mm tolerance, 3 mm shift: inclusive
+    assert run_evaluate(_cli_args(label_dataset, "-np", "1", "-o", str(output), "--nsd-tolerance", "-1")) == 2
+    assert "NSD tolerance" in capsys.readouterr().err
 
 
 def test_cli_summary_empty_cases_and_means(label_summary: dict) -> None:
@@ -115,6 +127,7 @@ def test_cli_summary_empty_cases_and_means(label_summary: dict) -> None:
     plate_mean = label_summary["mean"]["2"]
     # only case_a enters the plate's distance means; the empty cases are counted, not averaged as 0 or inf
     assert plate_mean["HD95"] == pytest.approx(3.0) and plate_mean["ASD"] == pytest.approx(3.0)
+    assert plate_mean["NSD"] == 0.0 and math.isnan(per_case["case_b.nii.gz"]["2"]["NSD"])
     assert (plate_mean["n_surface_evaluated"], plate_mean["n_both_empty"]) == (1, 1)
     assert (plate_mean["n_ref_empty_pred_nonempty"], plate_mean["n_pred_empty_ref_nonempty"]) == (1, 1)
     sphere_mean = label_summary["mean"]["1"]
@@ -142,7 +155,7 @@ def test_cli_summary_matches_nnunet_and_loads_with_nnunet(label_dataset: Path, l
         assert mine["prediction_file"] == theirs["prediction_file"]
         assert mine["reference_file"] == theirs["reference_file"]
         for label in (1, 2, 3):
-            assert set(mine["metrics"][label]) == {*NNUNET_KEYS, "HD95", "ASD"}
+            assert set(mine["metrics"][label]) == {*NNUNET_KEYS, "HD95", "ASD", "NSD"}
             for key in NNUNET_KEYS:
                 assert_same(mine["metrics"][label][key], theirs["metrics"][label][key])
     for label in (1, 2, 3):
@@ -291,6 +304,7 @@ def test_cli_reports_bad_input_with_exit_code_2(tiny_folders: Path, capsys: pyte
         o=None,
         np=1,
         chill=False,
+        nsd_tolerance=2.0,
     )
     assert run_evaluate(args) == 2
     assert "dataset.json file does not exist" in capsys.readouterr().err

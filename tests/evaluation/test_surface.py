@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from mask_helpers import ball, plate
-from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance, compute_surface_dice
 
 from nnunetv2_mapo.evaluation.surface import surface_metrics
 
@@ -23,7 +23,7 @@ NNUNET_KEYS = ("Dice", "IoU", "FP", "TP", "FN", "TN", "n_pred", "n_ref")
 
 def test_identical_masks_give_zero() -> None:
     mask = ball((24, 24, 24), (12, 11, 13), 7)
-    assert surface_metrics(mask, mask, (3.0, 0.8, 1.2)) == {"HD95": 0.0, "ASD": 0.0}
+    assert surface_metrics(mask, mask, (3.0, 0.8, 1.2)) == {"HD95": 0.0, "ASD": 0.0, "NSD": 1.0}
 
 
 def test_thin_plate_shift_is_exact_and_scales_with_the_spacing_of_that_axis() -> None:
@@ -104,8 +104,10 @@ def test_matches_monai_on_uncropped_masks() -> None:
         warnings.simplefilter("ignore", FutureWarning)
         hd95 = compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95, spacing=list(spacing))
         asd = compute_average_surface_distance(y_pred, y, include_background=True, symmetric=True, spacing=spacing)
+        nsd = compute_surface_dice(y_pred, y, [1.5], include_background=True, spacing=list(spacing))
     assert result["HD95"] == pytest.approx(float(hd95))
     assert result["ASD"] == pytest.approx(float(asd))
+    assert surface_metrics(reference, prediction, spacing, nsd_tolerance=1.5)["NSD"] == pytest.approx(float(nsd))
     assert result["HD95"] > 0 and result["ASD"] > 0
 
 
@@ -116,8 +118,8 @@ def test_empty_masks_give_nan_without_warnings(reference_empty: bool, prediction
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         result = surface_metrics(empty if reference_empty else mask, empty if prediction_empty else mask, (1, 1, 1))
-    assert set(result) == {"HD95", "ASD"}
-    assert math.isnan(result["HD95"]) and math.isnan(result["ASD"])
+    assert set(result) == {"HD95", "ASD", "NSD"}
+    assert all(math.isnan(v) for v in result.values())
 
 
 def test_hd95_is_the_larger_directed_percentile_and_symmetric() -> None:
@@ -143,3 +145,40 @@ def test_surface_metrics_rejects_bad_input() -> None:
         surface_metrics(mask, mask, (1, 1))
     with pytest.raises(ValueError, match="positive"):
         surface_metrics(mask, mask, (1, 0, 1))
+    for tolerance in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="NSD tolerance"):
+            surface_metrics(mask, mask, (1, 1, 1), nsd_tolerance=tolerance)
+
+
+# ------------------------------------------------------------------------------------------ normalised surface Dice
+def test_nsd_of_a_shifted_plate_steps_from_0_to_1_at_the_shift_distance() -> None:
+    # Every surface distance of two plates k voxels apart is exactly k * spacing[axis] (see the plate test above), so
+    # NSD is 0 below that tolerance and 1 from it on (the tolerance is inclusive), whatever the axis' spacing.
+    spacing = (3.0, 1.0, 0.5)
+    shape = (12, 14, 16)
+    k = 2
+    for axis in range(3):
+        distance = k * spacing[axis]
+        shifted = (plate(shape, axis, 4), plate(shape, axis, 4 + k))
+        assert surface_metrics(*shifted, spacing, nsd_tolerance=0.99 * distance)["NSD"] == 0.0
+        assert surface_metrics(*shifted, spacing, nsd_tolerance=distance)["NSD"] == 1.0
+        assert surface_metrics(*shifted, spacing, nsd_tolerance=1.5 * distance)["NSD"] == 1.0
+
+
+def test_nsd_of_a_shifted_sphere() -> None:
+    # A sphere translated by k voxels: every surface distance is <= k (see test_shifted_sphere), so a tolerance of k
+    # gives NSD 1; below k the caps (distance ~k) fall outside and the sides (~0) inside, so 0 < NSD < 1, and it
+    # grows with the tolerance. With 2 mm voxels along the shift the same voxel shift needs twice the tolerance.
+    shape = (40, 40, 40)
+    reference = ball(shape, (20, 20, 20), 10)
+    shifted = np.roll(reference, 3, axis=1)
+    assert surface_metrics(reference, shifted, (1.0, 1.0, 1.0), nsd_tolerance=3.0)["NSD"] == 1.0
+    values = [surface_metrics(reference, shifted, (1.0, 1.0, 1.0), nsd_tolerance=t)["NSD"] for t in (0.5, 1.0, 2.0)]
+    assert 0.0 < values[0] < values[1] < values[2] < 1.0
+    aniso = [surface_metrics(reference, shifted, (1.0, 2.0, 1.0), nsd_tolerance=t)["NSD"] for t in (3.0, 6.0)]
+    assert aniso[0] < 1.0 and aniso[1] == 1.0
+
+
+def test_identical_masks_have_nsd_one_even_at_zero_tolerance() -> None:
+    mask = ball((16, 16, 16), (8, 8, 8), 5)
+    assert surface_metrics(mask, mask, (1.0, 1.0, 1.0), nsd_tolerance=0.0)["NSD"] == 1.0
