@@ -10,6 +10,7 @@ whether the preferred dropout hypothesis is better or worse than what the networ
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
@@ -20,6 +21,23 @@ from nnunetv2_mapo.method.preference_loss import mask_log_likelihoods
 from nnunetv2_mapo.method.preference_set import PreferenceSet, empty_preference_set
 from nnunetv2_mapo.method.schedule import hypothesis_rates
 from nnunetv2_mapo.method.scoring import logits_to_masks, mean_foreground_dice, select_pairs, split_target
+
+
+@dataclass
+class RoundExamples:
+    """Collects the first ``limit`` items of a round that got a pair, for pictures (nothing of it is saved).
+
+    Each item is a dict of CPU tensors and numbers: ``image`` ``(C_in, *patch)``, ``reference`` (the ground truth,
+    in the masks' format), ``network`` (the prediction without dropout), ``chosen`` and ``rejected`` (y+ and y-),
+    their Dice ``dice_network``, ``dice_chosen``, ``dice_rejected``, and the case ``key``.
+    """
+
+    limit: int
+    items: list[dict] = field(default_factory=list)
+
+    @property
+    def wanted(self) -> int:
+        return max(0, self.limit - len(self.items))
 
 
 def _first_output(output: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
@@ -40,6 +58,7 @@ def generate_preference_set(
     generator: torch.Generator | None = None,
     round_index: int = 0,
     epoch: int = 0,
+    examples: RoundExamples | None = None,
 ) -> PreferenceSet:
     """Runs one preference round over ``batches`` and returns the pairs it found.
 
@@ -58,6 +77,7 @@ def generate_preference_set(
         generator: Random generator for the dropout masks (on ``device``).
         round_index: Stored in the set.
         epoch: Stored in the set.
+        examples: When given, receives the first items with a pair (ground truth and prediction included).
 
     Returns:
         The preference set (possibly empty), on the CPU.
@@ -108,6 +128,12 @@ def generate_preference_set(
                 parts["dice_r"].append(scores[items, rejected_idx][keep].float().cpu())
                 parts["dice_n"].append(network_scores[keep].float().cpu())
                 parts["keys"].extend(str(k) for k, kept in zip(keys_all[start:stop], keep_cpu.tolist()) if kept)
+                for i in keep.nonzero()[:, 0].tolist()[:examples.wanted if examples else 0]:
+                    examples.items.append({
+                        "image": data[i].cpu(), "reference": reference[i].cpu(), "network": network_masks[i, 0].cpu(),
+                        "chosen": chosen[i].cpu(), "rejected": rejected[i].cpu(), "key": str(keys_all[start + i]),
+                        "dice_network": float(network_scores[i]), "dice_chosen": float(scores[i, chosen_idx[i]]),
+                        "dice_rejected": float(scores[i, rejected_idx[i]])})
     finally:
         network.train(was_training)
     return _assemble(parts, label_manager, round_index, epoch, num_items)

@@ -5,11 +5,13 @@
 3. seed the round (dropout masks and patch choice depend on the seed, the round and the rank only);
 4. check that every rank holds the same weights (each computes reference log-likelihoods for its share);
 5. run the round (:func:`nnunetv2_mapo.method.round.generate_preference_set`) and gather the ranks' pairs;
-6. report it: the round metrics of :mod:`nnunetv2_mapo.training.metrics` and a line in nnU-Net's log.
+6. report it: the round metrics of :mod:`nnunetv2_mapo.training.metrics`, a line in nnU-Net's log and, on rank 0,
+   a picture of a few of its pairs (``mapo_rounds/round_NNNN.png``, :mod:`.round_pictures`).
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 from time import time
@@ -22,13 +24,14 @@ from torch import distributed as dist
 
 from nnunetv2_mapo.method.dropout import find_injector, unwrap
 from nnunetv2_mapo.method.preference_set import PreferenceSet
-from nnunetv2_mapo.method.round import generate_preference_set
+from nnunetv2_mapo.method.round import RoundExamples, generate_preference_set
 from nnunetv2_mapo.training.distributed import (
     assert_same_on_all_ranks,
     gather_preference_set,
     parameters_fingerprint,
     shard_cases,
 )
+from nnunetv2_mapo.training.round_pictures import write_round_picture
 
 if TYPE_CHECKING:
     from nnunetv2_mapo.training.trainer import nnUNetTrainerMAPO
@@ -93,12 +96,13 @@ def run_preference_round(trainer: nnUNetTrainerMAPO) -> tuple[PreferenceSet, dic
     numpy_state = np.random.get_state()
     np.random.seed((trainer.mapo_seed + 7919 * trainer.mapo_round_index + trainer.local_rank) % 2**32)
     network = unwrap(trainer.network)
+    examples = RoundExamples(trainer.mapo_round_pictures) if trainer.local_rank == 0 else None
     assert_same_on_all_ranks(parameters_fingerprint(network), "network parameters at a MAPO round")  # step 4
     try:
         preference_set = generate_preference_set(  # step 5
             network, find_injector(trainer.network), round_batches(trainer, keys, items_per_forward),
             trainer.label_manager, trainer.mapo_num_hypotheses, trainer.mapo_dropout_rates, trainer.mapo_pair_margin,
-            items_per_forward, trainer.device, generator, trainer.mapo_round_index, trainer.current_epoch)
+            items_per_forward, trainer.device, generator, trainer.mapo_round_index, trainer.current_epoch, examples)
     finally:
         np.random.set_state(numpy_state)
     preference_set = gather_preference_set(preference_set)  # all ranks end with the same set
@@ -108,7 +112,16 @@ def run_preference_round(trainer: nnUNetTrainerMAPO) -> tuple[PreferenceSet, dic
                   "mapo_dice_rejected": float(preference_set.rejected_dice.mean()),
                   "mapo_dice_no_dropout": float(preference_set.network_dice.mean())}
     report_round(trainer, preference_set, stats)  # step 6
+    if examples is not None and examples.items:
+        write_round_picture(examples.items, round_picture_path(trainer.output_folder, preference_set.round_index),
+                            f"MAPO round {preference_set.round_index} (epoch {preference_set.epoch}): "
+                            f"{len(preference_set)} pairs from {preference_set.num_items} items")
     return preference_set, stats
+
+
+def round_picture_path(output_folder: str, round_index: int) -> str:
+    """``<fold folder>/mapo_rounds/round_NNNN.png``."""
+    return os.path.join(output_folder, "mapo_rounds", f"round_{round_index:04d}.png")
 
 
 def report_round(trainer: nnUNetTrainerMAPO, preference_set: PreferenceSet, stats: dict[str, float]) -> None:

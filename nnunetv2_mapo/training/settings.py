@@ -80,6 +80,8 @@ MAPO_SETTINGS: tuple[Setting, ...] = (
             lambda v: v is None or v >= 1, None, "forward passes batched together while sampling hypotheses"),
     Setting("mapo_seed", "int", "an integer >= 0", lambda v: v >= 0, 12345,
             "seed of the preference rounds (patch choice, dropout masks, pair sampling)"),
+    Setting("mapo_round_pictures", "int", "an integer >= 0", lambda v: v >= 0, 4,
+            "items drawn per round in mapo_rounds/round_NNNN.png (0: no pictures)"),
 )
 
 # nnU-Net's own attributes that the variable may override as well.

@@ -76,6 +76,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self.mapo_cases_per_round: int | None = 100  # training cases per round; None: all
         self.mapo_round_batch_size: int | None = None  # forward passes batched in a round; None: K
         self.mapo_seed = 12345  # round cases, dropout masks, pair sampling
+        self.mapo_round_pictures = 4  # items per round in mapo_rounds/round_NNNN.png; 0: none
 
         # state
         self.mapo_env_overrides: dict = {}
@@ -138,6 +139,9 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
             with atomic_path(join(self.output_folder, "mapo_config.json")) as temporary:
                 with open(temporary, "w", encoding="utf-8") as handle:
                     json.dump(record, handle, indent=2)
+        # Experiment trackers (nnU-Net's W&B logger when nnUNet_wandb_enabled=1) get the settings beside nnU-Net's.
+        self.logger.update_config({"mapo_trainer": type(self).__name__, "nnunetv2_mapo_version": __version__,
+                                   **self.mapo_settings()})
         self.print_to_log_file("MAPO settings: " + json.dumps(self.mapo_settings()), also_print_to_console=False)
         self.print_to_log_file(
             f"MAPO: warm-up {self.mapo_warmup_epochs} epochs, then a preference round every {self.mapo_regen_every} "

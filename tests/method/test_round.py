@@ -21,7 +21,7 @@ from round_helpers import (
 
 from nnunetv2_mapo.method.dropout import inject_dropout
 from nnunetv2_mapo.method.preference_loss import mask_log_likelihoods
-from nnunetv2_mapo.method.round import generate_preference_set
+from nnunetv2_mapo.method.round import RoundExamples, generate_preference_set
 from nnunetv2_mapo.method.scoring import mean_foreground_dice, split_target
 
 pytestmark = pytest.mark.usefixtures("mapo_single_thread")
@@ -241,3 +241,17 @@ def test_numpy_keys_become_plain_strings():
     assert all(type(k) is str for k in result.keys)
 
 
+def test_examples_are_the_first_items_with_a_pair_and_match_the_set(label_round):
+    network, batches, result = label_round
+    examples = RoundExamples(limit=3)
+    again = generate(network, batches, round_index=3, epoch=17, examples=examples)
+    assert torch.equal(again.chosen, result.chosen)  # collecting examples changes nothing
+    assert [e["key"] for e in examples.items] == result.keys[:3]
+    for index, example in enumerate(examples.items):
+        assert torch.equal(example["chosen"], result.chosen[index])
+        assert torch.equal(example["rejected"], result.rejected[index])
+        assert example["dice_chosen"] == pytest.approx(float(result.chosen_dice[index]))
+        assert example["dice_network"] == pytest.approx(float(result.network_dice[index]))
+        batch_index, row = divmod(int(example["key"].split("_")[1]), 3)  # label_batches: 3 items per batch
+        assert torch.equal(example["reference"], batches[batch_index]["target"][row, 0].long())
+    assert RoundExamples(limit=0).wanted == 0

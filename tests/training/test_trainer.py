@@ -12,6 +12,7 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+import nnunetv2_mapo
 from nnunetv2_mapo.commands.synthetic import write_synthetic_dataset
 from nnunetv2_mapo.commands.workspace import Workspace
 from nnunetv2_mapo.method.dropout import find_injector
@@ -101,6 +102,7 @@ def test_round_step_and_state_round_trip(make_trainer) -> None:
     try:
         pairs = trainer.run_preference_round()
         assert pairs.num_items == 4 and trainer.mapo_round_index == 1
+        assert os.path.isfile(os.path.join(trainer.output_folder, "mapo_rounds", "round_0000.png"))
         assert len(pairs) >= 1
         assert bool((pairs.chosen_dice >= pairs.rejected_dice).all())
 
@@ -153,8 +155,8 @@ def test_continue_from_foreign_checkpoint_is_refused(make_trainer, tmp_path) -> 
 
 
 def test_round_without_pairs_warns_once_and_trains_on_dice_ce(make_trainer) -> None:
-    trainer = make_trainer(mapo_warmup_epochs=0, num_epochs=5, mapo_cases_per_round=3, mapo_num_hypotheses=2,
-                           mapo_pair_margin=1.0, mapo_dropout_rates=[0.0])
+    trainer = make_trainer(fold=4, mapo_warmup_epochs=0, num_epochs=5, mapo_cases_per_round=3, mapo_num_hypotheses=2,
+                           mapo_pair_margin=1.0, mapo_dropout_rates=[0.0])  # own fold: its own output folder
     trainer.on_train_start()
     try:
         with pytest.warns(RuntimeWarning, match="no item yielded a preference pair"):
@@ -169,6 +171,18 @@ def test_round_without_pairs_warns_once_and_trains_on_dice_ce(make_trainer) -> N
         trainer.on_train_epoch_end([result])
         assert trainer.logger.get_value("mapo_num_pairs", step=-1) == 0
         assert trainer.logger.get_value("mapo_skipped_steps", step=-1) == 0
+        assert not os.path.exists(os.path.join(trainer.output_folder, "mapo_rounds"))  # no pair, nothing to draw
+    finally:
+        trainer.on_train_end()
+
+
+def test_round_pictures_can_be_turned_off(make_trainer) -> None:
+    trainer = make_trainer(fold=2, mapo_warmup_epochs=0, num_epochs=5, mapo_cases_per_round=2, mapo_num_hypotheses=4,
+                           mapo_pair_margin=0.0, mapo_round_pictures=0)
+    trainer.on_train_start()
+    try:
+        assert len(trainer.run_preference_round()) >= 1
+        assert not os.path.exists(os.path.join(trainer.output_folder, "mapo_rounds"))
     finally:
         trainer.on_train_end()
 
@@ -196,3 +210,20 @@ def test_variants_compose_by_multiple_inheritance(make_trainer) -> None:
 
     trainer = make_trainer(Combined)
     assert (trainer.mapo_loss_type, trainer.mapo_dropout_mode, trainer.mapo_warmup_epochs) == ("ipo", "channel", 0)
+
+
+def test_settings_join_the_wandb_config_offline(make_trainer, monkeypatch) -> None:
+    monkeypatch.setenv("nnUNet_wandb_enabled", "1")
+    monkeypatch.setenv("nnUNet_wandb_mode", "offline")  # nnU-Net's W&B logger; nothing leaves the machine
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("nnUNet_mapo_config", json.dumps({"mapo_beta": 0.3}))
+    trainer = make_trainer(fold=3)
+    run = trainer.logger.loggers[0].run
+    try:
+        trainer.on_train_start()
+        assert run.config["mapo_beta"] == 0.3  # the value in effect, from nnUNet_mapo_config
+        assert run.config["mapo_regen_every"] == 50 and run.config["mapo_trainer"] == "nnUNetTrainerMAPO"
+        assert run.config["nnunetv2_mapo_version"] == nnunetv2_mapo.__version__
+    finally:
+        trainer.on_train_end()
+        run.finish()
