@@ -1,5 +1,5 @@
 """The ``nnunetv2_mapo`` command: ``env``, ``doctor``, ``settings``, ``evaluate``, ``demo``, ``benchmark``,
-``round-cost``, ``convert-ph2``.
+``round-cost``, ``convert-ph2``, ``predict``.
 
 Each sub-command lives in a module with ``add_arguments(parser)`` and ``run(args) -> int``. Only the module of the
 command being run is imported (``nnunetv2_mapo env``, which shells ``eval``, imports neither torch nor nnU-Net).
@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("nnunetv2_mapo.commands.doctor", "check that nnU-Net finds and can run nnUNetTrainerMAPO"),
     "settings": ("nnunetv2_mapo.commands.cli", "list every setting with default and allowed range"),
     "evaluate": ("nnunetv2_mapo.commands.evaluate", "nnUNetv2_evaluate_folder plus HD95 and ASD in mm and NSD"),
+    "predict": ("nnunetv2_mapo.commands.predict", "nnUNetv2_predict plus uncertainty maps (Monte-Carlo dropout, "
+                                                  "fold disagreement)"),
     "demo": ("nnunetv2_mapo.commands.demo", "plan, train MAPO briefly, predict and evaluate on a small dataset"),
     "benchmark": ("nnunetv2_mapo.benchmark.cli", "nnUNetTrainer vs nnUNetTrainerMAPO: same split and budget"),
     "round-cost": ("nnunetv2_mapo.commands.round_cost", "time preference rounds against cases and patch size"),

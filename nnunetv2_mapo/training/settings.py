@@ -201,15 +201,16 @@ def config_from_environment(environ: Mapping[str, str] | None = None) -> dict[st
     return parse_config_source(source) if source.strip() else {}
 
 
-def resolve_and_check(values: dict[str, Any], batch_size: int) -> dict[str, Any]:
+def resolve_and_check(values: dict[str, Any], batch_size: int | None) -> dict[str, Any]:
     """Fills the derived defaults and checks the settings against each other.
 
     Args:
         values: Every setting of :data:`ALL_SETTINGS` with its current value.
-        batch_size: The configuration's batch size (for ``mapo_pairs_per_step``).
+        batch_size: The batch size of one process (for ``mapo_pairs_per_step``; with several GPUs nnU-Net gives each
+            rank its share of the configuration's batch size), or None to leave ``mapo_pairs_per_step`` as it is.
 
     Returns:
-        A copy of ``values`` with no ``None`` left.
+        A copy of ``values`` with no ``None`` left (but ``mapo_pairs_per_step`` when ``batch_size`` is None).
 
     Raises:
         MAPOConfigError: A value out of range, or a warm-up that leaves no epoch for MAPO.
@@ -223,7 +224,7 @@ def resolve_and_check(values: dict[str, Any], batch_size: int) -> dict[str, Any]
             f"integer >= 0 and < num_epochs ({resolved['num_epochs']}), otherwise no preference round would run. "
             f"Lower mapo_warmup_epochs or raise num_epochs."
         )
-    if resolved["mapo_pairs_per_step"] is None:
+    if resolved["mapo_pairs_per_step"] is None and batch_size is not None:
         resolved["mapo_pairs_per_step"] = batch_size / 8
     if resolved["mapo_round_batch_size"] is None:
         resolved["mapo_round_batch_size"] = resolved["mapo_num_hypotheses"]

@@ -42,7 +42,14 @@ from nnunetv2_mapo.training.preference_round import run_preference_round
 from nnunetv2_mapo.training.progress import plot_mapo_progress
 from nnunetv2_mapo.training.settings import ALL_SETTINGS, ENV_VAR, config_from_environment, resolve_and_check
 
-__all__ = ["MAPOUnsupportedError", "nnUNetTrainerMAPO"]
+__all__ = ["MAPOSettingsChanged", "MAPOUnsupportedError", "nnUNetTrainerMAPO"]
+
+
+ALLOW_CHANGED_SETTINGS_VAR = "nnUNet_mapo_allow_changed_settings"
+
+
+class MAPOSettingsChanged(RuntimeError):
+    """``--c`` with MAPO settings that differ from the checkpoint's, without the user's opt-in."""
 
 
 class MAPOUnsupportedError(RuntimeError):
@@ -102,7 +109,8 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
     def initialize(self):
         if not self.was_initialized:
             self._apply_mapo_settings()  # before any data is loaded: bad settings fail fast
-        super().initialize()
+        super().initialize()  # sets self.batch_size: this rank's share of the batch with several GPUs
+        self.mapo_pairs_per_step = resolve_and_check(self._current_settings(), self.batch_size)["mapo_pairs_per_step"]
         find_injector(self.network).mode = self.mapo_dropout_mode
         self._mapo_pair_generator.manual_seed(self.mapo_seed + self.local_rank)
         self._register_log_keys()
@@ -111,9 +119,11 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self.mapo_env_overrides = config_from_environment()
         for name, value in self.mapo_env_overrides.items():
             setattr(self, name, value)
-        current = {name: getattr(self, name) for name in ALL_SETTINGS}
-        for name, value in resolve_and_check(current, self.configuration_manager.batch_size).items():
+        for name, value in resolve_and_check(self._current_settings(), None).items():
             setattr(self, name, value)
+
+    def _current_settings(self) -> dict:
+        return {name: getattr(self, name) for name in ALL_SETTINGS}
 
     def mapo_settings(self) -> dict:
         """The settings in effect (JSON-ready)."""
@@ -240,10 +250,22 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
             raise MAPOStateError(f"MAPO state is incomplete or inconsistent: {err}") from err
         if self.local_rank > 0:
             self._mapo_pair_generator.manual_seed(self.mapo_seed + self.local_rank + 104729 * self.current_epoch)
+
+    def _check_resumed_settings(self, state: dict, checkpoint: str) -> None:
+        """Stops ``--c`` when the MAPO settings differ from the checkpoint's, unless the user opted in."""
         now = self.mapo_settings()
         changed = {k: (v, now.get(k)) for k, v in state.get("settings", {}).items() if now.get(k) != v}
-        if changed:
-            self.print_to_log_file(f"MAPO: settings differ from the checkpoint's (saved, now): {changed}")
+        if not changed:
+            return
+        listing = ", ".join(f"{k}: {saved!r} -> {current!r}" for k, (saved, current) in changed.items())
+        resuming = os.path.basename(checkpoint) != "checkpoint_final.pth"  # --val and prediction just read weights
+        if resuming and os.environ.get(ALLOW_CHANGED_SETTINGS_VAR, "") not in ("1", "true", "True"):
+            raise MAPOSettingsChanged(
+                f"{checkpoint} was trained with other MAPO settings than this run's ({listing}). --c continues the "
+                f"same training into the same folder, so a changed setting would silently change the experiment. "
+                f"Set them back (nnUNet_mapo_config or the trainer class), or set {ALLOW_CHANGED_SETTINGS_VAR}=1 to "
+                f"continue with the new values on purpose.")
+        self.print_to_log_file(f"MAPO: settings differ from the checkpoint's (saved -> now): {listing}")
 
     def on_train_end(self):
         super().on_train_end()  # deletes checkpoint_latest.pth; its MAPO state goes with it
@@ -264,6 +286,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         state = load_state(filename_or_checkpoint, self.current_epoch)
         if state is not None:
             self.load_mapo_state_dict(state)
+            self._check_resumed_settings(state, filename_or_checkpoint)
         elif os.path.basename(filename_or_checkpoint) == "checkpoint_final.pth":
             self.print_to_log_file(f"MAPO: no MAPO state beside {filename_or_checkpoint}; fine for validation "
                                    f"and prediction of a finished training.")

@@ -215,7 +215,23 @@ def scenario_stats_and_checks(rank: int) -> dict:
     }
 
 
-SCENARIOS = {"gather": scenario_gather, "ddp": scenario_ddp, "stats": scenario_stats_and_checks}
+def scenario_pairs_per_step(rank: int) -> dict:
+    """nnU-Net's own split of the batch over the ranks, then MAPO's pairs per step from this rank's share."""
+    from types import SimpleNamespace
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunetv2_mapo.training.settings import ALL_SETTINGS, resolve_and_check
+
+    trainer = SimpleNamespace(is_ddp=True, configuration_manager=SimpleNamespace(batch_size=5),
+                              oversample_foreground_percent=0.33)
+    nnUNetTrainer._set_batch_size_and_oversample(trainer)
+    settings = resolve_and_check({s.name: s.default for s in ALL_SETTINGS.values()}, trainer.batch_size)
+    return {"batch_size": trainer.batch_size, "pairs_per_step": settings["mapo_pairs_per_step"]}
+
+
+SCENARIOS = {"gather": scenario_gather, "ddp": scenario_ddp, "stats": scenario_stats_and_checks,
+             "pairs_per_step": scenario_pairs_per_step}
 
 
 def _worker(rank: int, store: str, out_dir: str) -> None:
@@ -460,3 +476,10 @@ def test_consistency_checks_raise_on_every_rank(ranks):
         assert outcome["different_tensor"].startswith("RuntimeError: a tensor differs between ranks")
         assert outcome["different_shape"].startswith("RuntimeError: a tensor differs between ranks")
         assert outcome["round_mismatch"].startswith("ValueError: The ranks' preference-set parts come from")
+
+
+def test_pairs_per_step_follow_each_ranks_share_of_the_batch(ranks):
+    per_rank = result(ranks, "pairs_per_step")
+    assert [r["batch_size"] for r in per_rank] == [3, 2]  # nnU-Net splits a batch of 5 over 2 ranks
+    assert [r["pairs_per_step"] for r in per_rank] == [3 / 8, 2 / 8]
+    assert sum(r["pairs_per_step"] for r in per_rank) == 5 / 8  # +12.5% rows in all, whatever the number of ranks

@@ -154,6 +154,27 @@ def test_continue_from_foreign_checkpoint_is_refused(make_trainer, tmp_path) -> 
         fresh.load_checkpoint(path)
 
 
+def test_resuming_with_changed_settings_stops_unless_opted_in(make_trainer, tmp_path, monkeypatch) -> None:
+    from nnunetv2_mapo.training.trainer import ALLOW_CHANGED_SETTINGS_VAR, MAPOSettingsChanged
+
+    trainer = make_trainer()
+    trainer.initialize()
+    latest, final = str(tmp_path / "checkpoint_latest.pth"), str(tmp_path / "checkpoint_final.pth")
+    trainer.save_checkpoint(latest)
+    trainer.save_checkpoint(final)
+    monkeypatch.setenv("nnUNet_mapo_config", json.dumps({"mapo_beta": 0.7, "mapo_seed": 5}))
+    with pytest.raises(MAPOSettingsChanged, match=r"mapo_beta: 0\.1 -> 0\.7.*mapo_seed: 12345 -> 5.*"
+                                                  + ALLOW_CHANGED_SETTINGS_VAR):
+        make_trainer(fold=1).load_checkpoint(latest)
+    make_trainer(fold=1).load_checkpoint(final)  # validation and prediction only read the weights
+    monkeypatch.setenv(ALLOW_CHANGED_SETTINGS_VAR, "1")
+    resumed = make_trainer(fold=1)
+    resumed.load_checkpoint(latest)
+    assert resumed.mapo_beta == 0.7 and resumed.mapo_seed == 5  # continues with the new values, and says so
+    with open(resumed.log_file, encoding="utf-8") as handle:
+        assert "settings differ from the checkpoint's (saved -> now): mapo_beta: 0.1 -> 0.7" in handle.read()
+
+
 def test_round_without_pairs_warns_once_and_trains_on_dice_ce(make_trainer) -> None:
     trainer = make_trainer(fold=4, mapo_warmup_epochs=0, num_epochs=5, mapo_cases_per_round=3, mapo_num_hypotheses=2,
                            mapo_pair_margin=1.0, mapo_dropout_rates=[0.0])  # own fold: its own output folder
@@ -227,3 +248,22 @@ def test_settings_join_the_wandb_config_offline(make_trainer, monkeypatch) -> No
     finally:
         trainer.on_train_end()
         run.finish()
+
+
+def test_pairs_per_step_come_from_this_processs_batch_size(make_trainer, monkeypatch) -> None:
+    trainer = make_trainer()
+    trainer.initialize()
+    assert trainer.mapo_pairs_per_step == trainer.batch_size / 8
+    original = nnUNetTrainer._set_batch_size_and_oversample
+
+    def one_rank_share(self) -> None:  # what nnU-Net does on one of several GPUs: a share of the batch
+        original(self)
+        self.batch_size = 1
+
+    monkeypatch.setattr(nnUNetTrainer, "_set_batch_size_and_oversample", one_rank_share)
+    share = make_trainer(fold=1)
+    share.initialize()
+    assert share.mapo_pairs_per_step == 1 / 8 != trainer.mapo_pairs_per_step
+    explicit = make_trainer(fold=2, mapo_pairs_per_step=2.0)
+    explicit.initialize()
+    assert explicit.mapo_pairs_per_step == 2.0  # a value set by the user is kept
