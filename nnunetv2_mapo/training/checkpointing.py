@@ -9,6 +9,11 @@ MAPO's state (round counters, the preference set, random generator states) goes 
 before the checkpoint and the files of other epochs are removed only after the checkpoint has been replaced, so
 whenever the process dies, the checkpoint on disk has its matching state beside it. The state holds tensors and
 plain Python values only and is read with ``torch.load(..., weights_only=True)``: loading it executes no code.
+
+A round's preference set (the patches and masks: up to about 1 GB for 100 cases of 128^3) is written once, when the
+round ends, to ``mapo_sets/round_NNNN.pt`` in the fold's folder; the state beside each checkpoint names that file.
+So ``checkpoint_best/latest/final`` add a few kilobytes each instead of a copy of the set, and a set file is removed
+once no state names it any more.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 
 STATE_FORMAT = "nnunetv2_mapo.state"
 STATE_VERSION = 1
+SET_FOLDER = "mapo_sets"
 
 
 class MAPOStateError(RuntimeError):
@@ -155,7 +161,8 @@ def trainer_state(pair_generator_state: torch.Tensor, round_index: int = 0, pref
     Args:
         pair_generator_state: ``torch.Generator.get_state()`` of the pair sampler.
         round_index: Rounds run so far.
-        preference_set: ``PreferenceSet.state_dict()`` of the set in use, or None before the first round.
+        preference_set: The reference to the set in use (:func:`write_preference_set`), or None before the first
+            round.
         pair_steps: Training steps taken with a preference set (they schedule the pairs per step).
         settings: The MAPO settings in effect (compared when a training is resumed).
     """
@@ -175,3 +182,64 @@ def initial_trainer_state(seed: int) -> dict:
     generator = torch.Generator()
     generator.manual_seed(seed)
     return trainer_state(generator.get_state())
+
+
+def preference_set_path(output_folder: str, round_index: int) -> str:
+    """``<output_folder>/mapo_sets/round_NNNN.pt``: where a round's preference set is written, once."""
+    return os.path.join(output_folder, SET_FOLDER, f"round_{round_index:04d}.pt")
+
+
+def write_preference_set(output_folder: str, round_index: int, set_state: dict) -> dict:
+    """Writes a round's preference set (atomically) and returns the reference a state keeps instead of the set.
+
+    Args:
+        output_folder: The fold's folder.
+        round_index: The round that made the set.
+        set_state: ``PreferenceSet.state_dict()``.
+
+    Returns:
+        ``{"file": "round_NNNN.pt", "round_index": NNNN}``.
+    """
+    path = preference_set_path(output_folder, round_index)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with atomic_path(path) as temporary:
+        torch.save(set_state, temporary)
+    return {"file": os.path.basename(path), "round_index": int(round_index)}
+
+
+def read_preference_set(output_folder: str, reference: dict) -> dict:
+    """The set state a reference of :func:`write_preference_set` names (an inline set state is returned as is).
+
+    Raises:
+        MAPOStateError: The file is missing or unreadable.
+    """
+    if "file" not in reference:  # states written before 0.4.0 hold the set itself
+        return reference
+    path = os.path.join(output_folder, SET_FOLDER, os.path.basename(reference["file"]))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise MAPOStateError(f"The MAPO state names the preference set {path}, which is missing. Restore it from a "
+                             f"copy of the fold's folder, or start a new training.") from err
+    except Exception as err:
+        raise MAPOStateError(f"Cannot read the preference set {path}: {type(err).__name__}: {err}.") from err
+
+
+def remove_unreferenced_sets(output_folder: str) -> None:
+    """Deletes the set files that no state file in ``output_folder`` names any more."""
+    folder = os.path.join(output_folder, SET_FOLDER)
+    if not os.path.isdir(folder):
+        return
+    named = set()
+    for state_file in glob.glob(os.path.join(glob.escape(output_folder), "*.mapo_e*.pt")):
+        try:
+            payload = torch.load(state_file, map_location="cpu", weights_only=True)
+            reference = payload["state"].get("preference_set") or {}
+        except Exception:  # noqa: BLE001 - an unreadable state keeps every set: deleting is never the safe guess
+            return
+        if "file" in reference:
+            named.add(reference["file"])
+    for path in glob.glob(os.path.join(glob.escape(folder), "round_*.pt")):
+        if os.path.basename(path) not in named:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)

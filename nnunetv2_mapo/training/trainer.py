@@ -31,9 +31,12 @@ from nnunetv2_mapo.training.checkpointing import (
     MAPOStateError,
     atomic_path,
     load_state,
+    read_preference_set,
     remove_states,
+    remove_unreferenced_sets,
     save_with_state,
     trainer_state,
+    write_preference_set,
 )
 from nnunetv2_mapo.training.distributed import gather_step_stats
 from nnunetv2_mapo.training.loss import MAPOLoss, append_pair_rows
@@ -94,6 +97,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self._mapo_pair_generator = torch.Generator()
         self._mapo_pair_steps = 0  # training steps taken with a preference set (they schedule the pair counts)
         self._mapo_epoch_round: dict[str, float] = {}  # the metrics of the round run at this epoch's start
+        self._mapo_set_reference: dict | None = None  # the file the set in use was written to
 
     # ----------------------------------------------------------------------------------------------- network
     @staticmethod
@@ -180,6 +184,10 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
     def run_preference_round(self) -> PreferenceSet:
         """Regenerates the preference set from the training cases with the current network as reference."""
         self.mapo_preference_set, self._mapo_epoch_round = run_preference_round(self)
+        self._mapo_set_reference = None
+        if self.local_rank == 0 and not self.disable_checkpointing:  # once per round; checkpoints name the file
+            self._mapo_set_reference = write_preference_set(self.output_folder, self.mapo_round_index,
+                                                            self.mapo_preference_set.state_dict())
         self.mapo_round_index += 1
         return self.mapo_preference_set
 
@@ -229,21 +237,28 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
     # ------------------------------------------------------------------------------------------- checkpoints
     def mapo_state_dict(self) -> dict:
         """What a resumed run needs: round counter, preference set, pair sampler, settings (tensors/plain values)."""
-        return trainer_state(
-            self._mapo_pair_generator.get_state(), self.mapo_round_index,
-            None if self.mapo_preference_set is None else self.mapo_preference_set.state_dict(),
-            self._mapo_pair_steps, self.mapo_settings())
+        preference_set = self._mapo_set_reference
+        if preference_set is None and self.mapo_preference_set is not None:  # not written to a file: inline
+            preference_set = self.mapo_preference_set.state_dict()
+        return trainer_state(self._mapo_pair_generator.get_state(), self.mapo_round_index, preference_set,
+                             self._mapo_pair_steps, self.mapo_settings())
 
-    def load_mapo_state_dict(self, state: dict) -> None:
+    def load_mapo_state_dict(self, state: dict, folder: str | None = None) -> None:
         """Restores :meth:`mapo_state_dict`.
 
+        Args:
+            state: The state.
+            folder: The fold folder whose ``mapo_sets/`` holds the set the state names (default: this trainer's).
+
         Raises:
-            MAPOStateError: The state is incomplete or inconsistent.
+            MAPOStateError: The state is incomplete or inconsistent, or its set file is missing.
         """
         try:
             self.mapo_round_index = int(state["round_index"])
             stored = state["preference_set"]
-            self.mapo_preference_set = None if stored is None else PreferenceSet.from_state_dict(stored)
+            self.mapo_preference_set = None if stored is None else PreferenceSet.from_state_dict(
+                read_preference_set(folder or self.output_folder, stored))
+            self._mapo_set_reference = stored if stored is not None and "file" in stored else None
             self._mapo_pair_generator.set_state(state["pair_generator"])
             self._mapo_pair_steps = int(state.get("pair_steps", 0))  # absent in states written by 0.1.x
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
@@ -271,11 +286,13 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         super().on_train_end()  # deletes checkpoint_latest.pth; its MAPO state goes with it
         if self.local_rank == 0 and not self.disable_checkpointing:
             remove_states(join(self.output_folder, "checkpoint_latest.pth"))
+            remove_unreferenced_sets(self.output_folder)
 
     def save_checkpoint(self, filename: str) -> None:
         if self.local_rank != 0 or self.disable_checkpointing:
             return super().save_checkpoint(filename)
         save_with_state(filename, self.current_epoch + 1, super().save_checkpoint, self.mapo_state_dict())
+        remove_unreferenced_sets(self.output_folder)
 
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
         if not isinstance(filename_or_checkpoint, str):

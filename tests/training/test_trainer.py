@@ -134,7 +134,7 @@ def test_round_step_and_state_round_trip(make_trainer) -> None:
         state = trainer.mapo_state_dict()
         other = make_trainer(fold=1)
         other.initialize()
-        other.load_mapo_state_dict(state)
+        other.load_mapo_state_dict(state, folder=trainer.output_folder)  # the round's set file is in that folder
         assert other._mapo_pair_steps == trainer._mapo_pair_steps
         assert other.mapo_round_index == 1 and len(other.mapo_preference_set) == len(pairs)
         assert torch.equal(other.mapo_preference_set.chosen, pairs.chosen)
@@ -267,3 +267,41 @@ def test_pairs_per_step_come_from_this_processs_batch_size(make_trainer, monkeyp
     explicit = make_trainer(fold=2, mapo_pairs_per_step=2.0)
     explicit.initialize()
     assert explicit.mapo_pairs_per_step == 2.0  # a value set by the user is kept
+
+
+def test_a_rounds_set_is_stored_once_and_checkpoints_add_kilobytes(make_trainer) -> None:
+    from nnunetv2_mapo.training.checkpointing import SET_FOLDER, preference_set_path, state_path
+
+    settings = {"mapo_warmup_epochs": 0, "num_epochs": 5, "mapo_cases_per_round": 4, "mapo_num_hypotheses": 4,
+                "mapo_pair_margin": 0.0, "mapo_round_pictures": 0}
+    trainer = make_trainer(fold=3, **settings)
+    trainer.on_train_start()
+    folder = trainer.output_folder
+    latest, best = os.path.join(folder, "checkpoint_latest.pth"), os.path.join(folder, "checkpoint_best.pth")
+    try:
+        first = trainer.run_preference_round()
+        assert len(first) >= 1 and os.path.isfile(preference_set_path(folder, 0))
+        trainer.save_checkpoint(latest)
+        trainer.save_checkpoint(best)
+        assert os.listdir(os.path.join(folder, SET_FOLDER)) == ["round_0000.pt"]  # once, for both checkpoints
+        set_bytes = os.path.getsize(preference_set_path(folder, 0))
+        inline = os.path.join(folder, "inline.pt")  # what a state holding the set itself weighs
+        torch.save(trainer.mapo_state_dict() | {"preference_set": first.state_dict()}, inline)
+        for checkpoint in (latest, best):
+            added = os.path.getsize(state_path(checkpoint, trainer.current_epoch + 1))
+            assert added < 16 * 1024 and added + 0.9 * set_bytes < os.path.getsize(inline)
+        os.remove(inline)
+
+        trainer.run_preference_round()
+        trainer.save_checkpoint(latest)  # best still names round 0's set: both stay
+        assert sorted(os.listdir(os.path.join(folder, SET_FOLDER))) == ["round_0000.pt", "round_0001.pt"]
+        trainer.save_checkpoint(best)  # nothing names round 0's set any more
+        assert os.listdir(os.path.join(folder, SET_FOLDER)) == ["round_0001.pt"]
+
+        resumed = make_trainer(fold=3, **settings)  # --c in the same folder: the same set, exactly
+        resumed.load_checkpoint(latest)
+        assert resumed.mapo_round_index == 2
+        for name in ("images", "chosen", "rejected", "reference_chosen_logps", "reference_rejected_logps"):
+            assert torch.equal(getattr(resumed.mapo_preference_set, name), getattr(trainer.mapo_preference_set, name))
+    finally:
+        trainer.on_train_end()
