@@ -9,14 +9,14 @@ Both halves of that convention live in this module. Validation steps pass no pai
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from nnunetv2_mapo.method.preference_loss import DPOLoss
 from nnunetv2_mapo.method.preference_set import PreferenceBatch
-from nnunetv2_mapo.training.metrics import inactive_step_stats
+from nnunetv2_mapo.training.metrics import STEP_KEYS, inactive_step_stats
 
 Output = torch.Tensor | Sequence[torch.Tensor]
 
@@ -49,22 +49,28 @@ class MAPOLoss(nn.Module):
         segmentation_loss: nnU-Net's loss (``DeepSupervisionWrapper`` around Dice+CE or Dice+BCE).
         preference_loss: The :class:`~nnunetv2_mapo.method.preference_loss.DPOLoss`.
         weight: lambda, >= 0.
+        check_finite: Check on the host that the preference term is finite and leave it out of the step if not
+            (one synchronisation per step with pairs). Without the check (for CUDA training, where nnU-Net's gradient
+            scaler skips any step whose gradients are not finite), a non-finite term is replaced by 0 on the device
+            and counted in ``mapo_skipped_steps``.
 
     Raises:
         ValueError: A negative weight.
 
-    After each call, :attr:`last_stats` holds the step metrics of :mod:`nnunetv2_mapo.training.metrics` (NaN
-    without pairs).
+    After each call, :attr:`last_stats` holds the step metrics of :mod:`nnunetv2_mapo.training.metrics`: detached
+    0-d tensors on the output's device, or NaN floats without pairs.
     """
 
-    def __init__(self, segmentation_loss: nn.Module, preference_loss: DPOLoss, weight: float) -> None:
+    def __init__(self, segmentation_loss: nn.Module, preference_loss: DPOLoss, weight: float,
+                 check_finite: bool = True) -> None:
         super().__init__()
         if not weight >= 0:
             raise ValueError(f"weight must be >= 0, got {weight}.")
         self.segmentation_loss = segmentation_loss
         self.preference_loss = preference_loss
         self.weight = float(weight)
-        self.last_stats: dict[str, float] = inactive_step_stats()
+        self.check_finite = check_finite
+        self.last_stats: dict[str, float | torch.Tensor] = inactive_step_stats()
 
     def forward(self, output: Output, target: torch.Tensor | Sequence[torch.Tensor],
                 pairs: PreferenceBatch | None = None) -> torch.Tensor:
@@ -85,16 +91,42 @@ class MAPOLoss(nn.Module):
             pairs.valid,
         )
         preference = losses.mean()
-        if not torch.isfinite(preference):
-            # A non-finite preference term never reaches the optimizer: this step trains on Dice+CE alone.
-            self.last_stats = inactive_step_stats() | {"mapo_skipped_steps": 1.0}
-            return segmentation
-        self.last_stats = {
-            "mapo_dpo_loss": preference.item(),
-            "mapo_rewards_chosen": chosen_rewards.mean().item(),
-            "mapo_rewards_rejected": rejected_rewards.mean().item(),
-            "mapo_reward_margin": (chosen_rewards - rejected_rewards).mean().item(),
-            "mapo_reward_accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
-            "mapo_skipped_steps": 0.0,
-        }
+        if self.check_finite:
+            if not torch.isfinite(preference):  # one host synchronisation
+                # A non-finite preference term never reaches the optimizer: this step trains on Dice+CE alone.
+                self.last_stats = inactive_step_stats() | {"mapo_skipped_steps": 1.0}
+                return segmentation
+            finite = torch.ones((), dtype=torch.bool, device=preference.device)
+        else:
+            finite = torch.isfinite(preference)
+            preference = torch.where(finite, preference, torch.zeros_like(preference))
+        with torch.no_grad():
+            nan = torch.full_like(preference, float("nan"))
+            value = lambda tensor: torch.where(finite, tensor.float(), nan)  # noqa: E731
+            self.last_stats = {
+                "mapo_dpo_loss": value(preference),
+                "mapo_rewards_chosen": value(chosen_rewards.mean()),
+                "mapo_rewards_rejected": value(rejected_rewards.mean()),
+                "mapo_reward_margin": value((chosen_rewards - rejected_rewards).mean()),
+                "mapo_reward_accuracy": value((chosen_rewards > rejected_rewards).float().mean()),
+                "mapo_skipped_steps": (~finite).float(),
+            }
         return segmentation + self.weight * preference
+
+
+def collate_step_stats(steps: Sequence[Mapping[str, float | torch.Tensor]]) -> dict[str, list[float]]:
+    """The step metrics of an epoch's steps as lists of floats, brought to the host in one transfer.
+
+    Args:
+        steps: :attr:`MAPOLoss.last_stats` of each step (device tensors or floats).
+
+    Returns:
+        ``{key: [value of each step]}`` for every key of :data:`nnunetv2_mapo.training.metrics.STEP_KEYS`.
+    """
+    if not steps:
+        return {key: [] for key in STEP_KEYS}
+    device = next((v.device for s in steps for v in s.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
+    table = torch.stack([torch.stack([torch.as_tensor(step[key], dtype=torch.float32, device=device).reshape(())
+                                      for key in STEP_KEYS]) for step in steps])
+    columns = table.cpu().T.tolist()
+    return dict(zip(STEP_KEYS, columns))

@@ -39,8 +39,8 @@ from nnunetv2_mapo.training.checkpointing import (
     write_preference_set,
 )
 from nnunetv2_mapo.training.distributed import gather_step_stats
-from nnunetv2_mapo.training.loss import MAPOLoss, append_pair_rows
-from nnunetv2_mapo.training.metrics import LOG_KEYS, STEP_KEYS, reduce_step_stats
+from nnunetv2_mapo.training.loss import MAPOLoss, append_pair_rows, collate_step_stats
+from nnunetv2_mapo.training.metrics import LOG_KEYS, reduce_step_stats
 from nnunetv2_mapo.training.preference_round import run_preference_round
 from nnunetv2_mapo.training.progress import plot_mapo_progress
 from nnunetv2_mapo.training.settings import ALL_SETTINGS, ENV_VAR, config_from_environment, resolve_and_check
@@ -98,6 +98,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self._mapo_pair_steps = 0  # training steps taken with a preference set (they schedule the pair counts)
         self._mapo_epoch_round: dict[str, float] = {}  # the metrics of the round run at this epoch's start
         self._mapo_set_reference: dict | None = None  # the file the set in use was written to
+        self.mapo_step_stats: list[dict] = []  # MAPOLoss.last_stats of this epoch's steps
 
     # ----------------------------------------------------------------------------------------------- network
     @staticmethod
@@ -135,7 +136,8 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
 
     def _build_loss(self):
         preference = DPOLoss(self.mapo_beta, self.mapo_loss_type, regions=self.label_manager.has_regions)
-        return MAPOLoss(super()._build_loss(), preference, self.mapo_weight)
+        # With a gradient scaler (CUDA) non-finite steps are skipped by nnU-Net: no host check needed per step.
+        return MAPOLoss(super()._build_loss(), preference, self.mapo_weight, check_finite=self.grad_scaler is None)
 
     def _register_log_keys(self) -> None:
         # nnU-Net's local logger only takes registered keys, one value per epoch; pad after loading old logs.
@@ -178,6 +180,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
         self._mapo_epoch_round = {}
+        self.mapo_step_stats = []
         if self.mapo_round_due(self.current_epoch):
             self.run_preference_round()
 
@@ -212,12 +215,12 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
             result = super().train_step(batch)
         finally:
             self.loss = loss
-        result.update(loss.last_stats)
+        self.mapo_step_stats.append(loss.last_stats)  # device tensors: read once, when the epoch ends
         return result
 
     def on_train_epoch_end(self, train_outputs: list[dict]):
         super().on_train_epoch_end(train_outputs)
-        step_stats = gather_step_stats({key: [float(o[key]) for o in train_outputs] for key in STEP_KEYS})
+        step_stats = gather_step_stats(collate_step_stats(self.mapo_step_stats))
         values = dict.fromkeys(LOG_KEYS, math.nan) | self._mapo_epoch_round
         if self.mapo_preference_set is not None:
             values |= reduce_step_stats(step_stats) | {"mapo_num_pairs": float(len(self.mapo_preference_set))}

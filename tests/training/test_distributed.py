@@ -39,7 +39,7 @@ from nnunetv2_mapo.training.distributed import (
     parameters_fingerprint,
     shard_cases,
 )
-from nnunetv2_mapo.training.loss import MAPOLoss, append_pair_rows
+from nnunetv2_mapo.training.loss import MAPOLoss, append_pair_rows, collate_step_stats
 from nnunetv2_mapo.training.metrics import STEP_KEYS
 
 pytestmark = pytest.mark.usefixtures("mapo_single_thread")
@@ -146,7 +146,7 @@ def ddp_training(rank: int, preference_set: PreferenceSet, pair_ranks: tuple[int
         record["stats"].append(dict(loss.last_stats))
         record["rows"].append(data.shape[0])
     assert_same_on_all_ranks(parameters_fingerprint(network), "parameters after DDP training")
-    record["gathered_stats"] = gather_step_stats({k: [s[k] for s in record["stats"]] for k in STEP_KEYS})
+    record["gathered_stats"] = gather_step_stats(collate_step_stats(record["stats"]))
     return record
 
 

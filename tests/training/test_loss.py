@@ -14,7 +14,7 @@ from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
 from nnunetv2_mapo.method.preference_loss import DPOLoss, dpo_loss, mask_log_likelihoods
 from nnunetv2_mapo.method.preference_set import PreferenceBatch
-from nnunetv2_mapo.training.loss import MAPOLoss, append_pair_rows, split_pair_rows
+from nnunetv2_mapo.training.loss import MAPOLoss, append_pair_rows, collate_step_stats, split_pair_rows
 from nnunetv2_mapo.training.metrics import STEP_KEYS
 
 pytestmark = pytest.mark.usefixtures("mapo_single_thread")
@@ -265,3 +265,42 @@ def test_is_a_module_with_both_losses_as_children():
     assert mapo.segmentation_loss is segmentation and mapo.preference_loss is preference
     assert isinstance(mapo.weight, float)
     assert list(dict(mapo.named_children())) == ["segmentation_loss", "preference_loss"]
+
+
+# ------------------------------------------------------------------------------------------------ host synchronisation
+def test_a_step_with_pairs_waits_for_the_device_at_most_once(monkeypatch) -> None:
+    calls = []
+    for name in ("item", "__bool__", "__float__", "tolist", "cpu"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name: calls.append(_n) or _o(self, *a))
+    out, tgt, batch = outputs(BATCH + PAIRS), targets(), pairs()
+    MAPOLoss(nnunet_loss(), DPOLoss(), weight=1.0, check_finite=True)(out, tgt, pairs=batch)
+    assert calls == ["__bool__"]  # the finite check; the statistics stay on the device
+    calls.clear()
+    MAPOLoss(nnunet_loss(), DPOLoss(), weight=1.0, check_finite=False)(out, tgt, pairs=batch)
+    assert calls == []
+
+
+def test_without_the_host_check_a_non_finite_term_is_zero_and_counted() -> None:
+    out, tgt = outputs(BATCH + PAIRS), targets()
+    batch = pairs(reference=(torch.tensor([float("inf"), -3.0]), torch.tensor([-2.0, -3.0])))
+    mapo = MAPOLoss(nnunet_loss(), DPOLoss(), weight=1.0, check_finite=False)
+    got = mapo(out, tgt, pairs=batch)
+    assert torch.isfinite(got) and torch.allclose(got, nnunet_loss()([o[:BATCH] for o in out], tgt))
+    assert float(mapo.last_stats["mapo_skipped_steps"]) == 1.0 and math.isnan(mapo.last_stats["mapo_dpo_loss"])
+    healthy = mapo(out, tgt, pairs=pairs())
+    assert float(mapo.last_stats["mapo_skipped_steps"]) == 0.0
+    assert torch.allclose(healthy, MAPOLoss(nnunet_loss(), DPOLoss(), 1.0)(out, tgt, pairs=pairs()))
+
+
+def test_collate_step_stats_gives_one_list_per_key_in_step_order() -> None:
+    mapo = MAPOLoss(nnunet_loss(), DPOLoss(), weight=1.0)
+    steps = []
+    for batch in (pairs(seed=2), None, pairs(seed=5)):
+        mapo(outputs(BATCH + (PAIRS if batch else 0)), targets(), pairs=batch)
+        steps.append(mapo.last_stats)
+    collated = collate_step_stats(steps)
+    assert list(collated) == list(STEP_KEYS) and all(len(v) == 3 for v in collated.values())
+    assert math.isnan(collated["mapo_dpo_loss"][1]) and collated["mapo_skipped_steps"][0] == 0.0
+    assert collated["mapo_dpo_loss"][2] == pytest.approx(float(steps[2]["mapo_dpo_loss"]))
+    assert collate_step_stats([]) == {key: [] for key in STEP_KEYS}

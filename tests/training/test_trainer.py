@@ -107,17 +107,21 @@ def test_round_step_and_state_round_trip(make_trainer) -> None:
         assert bool((pairs.chosen_dice >= pairs.rejected_dice).all())
 
         trainer.network.train()
+        trainer.mapo_step_stats = []
         result = trainer.train_step(next(trainer.dataloader_train))
-        assert math.isfinite(result["mapo_dpo_loss"]) and 0 <= result["mapo_reward_accuracy"] <= 1
+        assert set(result) == {"loss"}  # nnU-Net's step output; MAPO's metrics wait in mapo_step_stats
+        stats = {k: float(v) for k, v in trainer.mapo_step_stats[-1].items()}
+        assert math.isfinite(stats["mapo_dpo_loss"]) and 0 <= stats["mapo_reward_accuracy"] <= 1
         # policy == reference at the start of a round (InstanceNorm): rewards start at zero
-        assert abs(result["mapo_rewards_chosen"]) < 1e-3 and abs(result["mapo_rewards_rejected"]) < 1e-3
+        assert abs(stats["mapo_rewards_chosen"]) < 1e-3 and abs(stats["mapo_rewards_rejected"]) < 1e-3
 
         # a non-finite DPO value never reaches the optimizer: the step trains on Dice+CE and is counted
         healthy = trainer.mapo_preference_set.reference_chosen_logps.clone()
         trainer.mapo_preference_set.reference_chosen_logps.fill_(float("nan"))
         before = [p.detach().clone() for p in trainer.network.parameters()]
         skipped = trainer.train_step(next(trainer.dataloader_train))
-        assert skipped["mapo_skipped_steps"] == 1.0 and math.isnan(skipped["mapo_dpo_loss"])
+        skipped_stats = trainer.mapo_step_stats[-1]
+        assert skipped_stats["mapo_skipped_steps"] == 1.0 and math.isnan(skipped_stats["mapo_dpo_loss"])
         assert all(torch.isfinite(p).all() for p in trainer.network.parameters())
         assert any(not torch.equal(a, b) for a, b in zip(before, trainer.network.parameters()))  # Dice+CE step ran
         trainer.on_train_epoch_end([result, skipped])
@@ -188,7 +192,7 @@ def test_round_without_pairs_warns_once_and_trains_on_dice_ce(make_trainer) -> N
             trainer.run_preference_round()  # the warning is given once per run
         trainer.network.train()
         result = trainer.train_step(next(trainer.dataloader_train))
-        assert math.isnan(result["mapo_dpo_loss"]) and math.isfinite(float(result["loss"]))
+        assert math.isnan(trainer.mapo_step_stats[-1]["mapo_dpo_loss"]) and math.isfinite(float(result["loss"]))
         trainer.on_train_epoch_end([result])
         assert trainer.logger.get_value("mapo_num_pairs", step=-1) == 0
         assert trainer.logger.get_value("mapo_skipped_steps", step=-1) == 0
