@@ -19,9 +19,13 @@ _LAZY = {
     "nnUNetTrainerMAPO_NoWarmup": "nnunetv2_mapo.training.variants.schedule",
     "nnUNetTrainerMAPO_IPO": "nnunetv2_mapo.training.variants.preference_loss",
     "nnUNetTrainerMAPO_Hinge": "nnunetv2_mapo.training.variants.preference_loss",
+    "nnUNetTrainerMAPO_SimPO": "nnunetv2_mapo.training.variants.preference_loss",
+    "nnUNetTrainerMAPO_DPOP": "nnunetv2_mapo.training.variants.preference_loss",
     "nnUNetTrainerMAPO_ChannelDropout": "nnunetv2_mapo.training.variants.dropout",
     "dpo_loss": "nnunetv2_mapo.method.preference_loss",
     "DPOLoss": "nnunetv2_mapo.method.preference_loss",
+    "simpo_loss": "nnunetv2_mapo.method.preference_loss",
+    "dpop_loss": "nnunetv2_mapo.method.preference_loss",
 }
 
 

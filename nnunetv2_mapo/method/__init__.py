@@ -2,13 +2,15 @@
 
 - :mod:`.dropout`: dropout hooks injected into any network (state-dict keys unchanged)
 - :mod:`.scoring`: hypotheses to masks, Dice against the ground truth, choice of (y+, y-)
-- :mod:`.preference_loss`: mask log-likelihoods and the preference losses (DPO, IPO, hinge)
+- :mod:`.preference_loss`: mask log-likelihoods and the preference losses (DPO, IPO, hinge, SimPO, DPO-Positive)
 - :mod:`.preference_set`: the pairs of one round, their sampling and their saved state
 - :mod:`.schedule`: how many pairs a training step carries, which rate each hypothesis uses
 - :mod:`.round`: one preference round, from patches to pairs
+- :mod:`.uncertainty`: entropy and mutual information of several probability maps (Monte-Carlo dropout, folds)
 
 The named options below are imported by the settings table as well, so this file imports nothing.
 """
 
-LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+LOSS_TYPES = ("sigmoid", "ipo", "hinge", "simpo", "dpop")
+REFERENCE_FREE_LOSS_TYPES = ("simpo",)  # rounds of these skip the reference pass
 DROPOUT_MODES = ("element", "channel")

@@ -17,7 +17,7 @@ from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from torch import nn
 
 from nnunetv2_mapo.method.dropout import DropoutInjector
-from nnunetv2_mapo.method.preference_loss import mask_log_likelihoods
+from nnunetv2_mapo.method.preference_loss import disagreement_counts, mask_log_likelihoods
 from nnunetv2_mapo.method.preference_set import PreferenceSet, empty_preference_set
 from nnunetv2_mapo.method.schedule import hypothesis_rates
 from nnunetv2_mapo.method.scoring import logits_to_masks, mean_foreground_dice, select_pairs, split_target
@@ -59,6 +59,7 @@ def generate_preference_set(
     round_index: int = 0,
     epoch: int = 0,
     examples: RoundExamples | None = None,
+    reference_pass: bool = True,
 ) -> PreferenceSet:
     """Runs one preference round over ``batches`` and returns the pairs it found.
 
@@ -78,6 +79,9 @@ def generate_preference_set(
         round_index: Stored in the set.
         epoch: Stored in the set.
         examples: When given, receives the first items with a pair (ground truth and prediction included).
+        reference_pass: Run the reference pass (dropout off): it gives the reference log-likelihoods and the
+            network's own prediction. Reference-free losses (SimPO) skip it: one forward pass per item less, and the
+            set stores reference log-likelihoods of 0 and a network Dice of NaN.
 
     Returns:
         The preference set (possibly empty), on the CPU.
@@ -109,11 +113,17 @@ def generate_preference_set(
                     chosen_idx, rejected_idx, has_pair = select_pairs(scores, pair_margin)
                     items = torch.arange(n, device=device)
                     chosen, rejected = hypotheses[items, chosen_idx], hypotheses[items, rejected_idx]
-                    reference_logits = _first_output(network(data))
-                    network_masks = logits_to_masks(reference_logits, label_manager).unsqueeze(1)
-                    network_scores = mean_foreground_dice(network_masks, reference, valid, label_manager)[:, 0]
-                ref_c, ref_r, num_disagree = mask_log_likelihoods(
-                    reference_logits.float(), chosen, rejected, valid, label_manager.has_regions)
+                    if reference_pass:
+                        reference_logits = _first_output(network(data))
+                        network_masks = logits_to_masks(reference_logits, label_manager).unsqueeze(1)
+                        network_scores = mean_foreground_dice(network_masks, reference, valid, label_manager)[:, 0]
+                if reference_pass:
+                    ref_c, ref_r, num_disagree = mask_log_likelihoods(
+                        reference_logits.float(), chosen, rejected, valid, label_manager.has_regions)
+                else:
+                    num_disagree = disagreement_counts(chosen, rejected, valid, label_manager.has_regions)
+                    ref_c = ref_r = torch.zeros(n, device=device)
+                    network_masks, network_scores = None, torch.full((n,), float("nan"), device=device)
                 keep = has_pair & (num_disagree > 0)
                 if not bool(keep.any()):
                     continue
@@ -130,7 +140,8 @@ def generate_preference_set(
                 parts["keys"].extend(str(k) for k, kept in zip(keys_all[start:stop], keep_cpu.tolist()) if kept)
                 for i in keep.nonzero()[:, 0].tolist()[:examples.wanted if examples else 0]:
                     examples.items.append({
-                        "image": data[i].cpu(), "reference": reference[i].cpu(), "network": network_masks[i, 0].cpu(),
+                        "image": data[i].cpu(), "reference": reference[i].cpu(),
+                        "network": None if network_masks is None else network_masks[i, 0].cpu(),
                         "chosen": chosen[i].cpu(), "rejected": rejected[i].cpu(), "key": str(keys_all[start + i]),
                         "dice_network": float(network_scores[i]), "dice_chosen": float(scores[i, chosen_idx[i]]),
                         "dice_rejected": float(scores[i, rejected_idx[i]])})

@@ -22,6 +22,7 @@ import torch
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from torch import distributed as dist
 
+from nnunetv2_mapo.method import REFERENCE_FREE_LOSS_TYPES
 from nnunetv2_mapo.method.dropout import find_injector, unwrap
 from nnunetv2_mapo.method.preference_set import PreferenceSet
 from nnunetv2_mapo.method.round import RoundExamples, generate_preference_set
@@ -102,7 +103,8 @@ def run_preference_round(trainer: nnUNetTrainerMAPO) -> tuple[PreferenceSet, dic
         preference_set = generate_preference_set(  # step 5
             network, find_injector(trainer.network), round_batches(trainer, keys, items_per_forward),
             trainer.label_manager, trainer.mapo_num_hypotheses, trainer.mapo_dropout_rates, trainer.mapo_pair_margin,
-            items_per_forward, trainer.device, generator, trainer.mapo_round_index, trainer.current_epoch, examples)
+            items_per_forward, trainer.device, generator, trainer.mapo_round_index, trainer.current_epoch, examples,
+            reference_pass=trainer.mapo_loss_type not in REFERENCE_FREE_LOSS_TYPES)
     finally:
         np.random.set_state(numpy_state)
     preference_set = gather_preference_set(preference_set)  # all ranks end with the same set
@@ -110,7 +112,7 @@ def run_preference_round(trainer: nnUNetTrainerMAPO) -> tuple[PreferenceSet, dic
     if len(preference_set):
         stats |= {"mapo_dice_chosen": float(preference_set.chosen_dice.mean()),
                   "mapo_dice_rejected": float(preference_set.rejected_dice.mean()),
-                  "mapo_dice_no_dropout": float(preference_set.network_dice.mean())}
+                  "mapo_dice_no_dropout": float(preference_set.network_dice.mean())}  # NaN if reference-free
     report_round(trainer, preference_set, stats)  # step 6
     if examples is not None and examples.items:
         write_round_picture(examples.items, round_picture_path(trainer.output_folder, preference_set.round_index),

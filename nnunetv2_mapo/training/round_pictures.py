@@ -62,7 +62,9 @@ def write_round_picture(items: Sequence[dict], path: str, title: str) -> str:
     fig, axes = plt.subplots(len(items), len(PANELS), figsize=(2.2 * len(PANELS), 2.3 * len(items) + 0.4),
                              squeeze=False)
     for row, item in zip(axes, items):
-        maps = {key: as_label_map(item[key], spatial_dims) for key in MASK_KEYS}
+        maps = {key: as_label_map(item[key], spatial_dims) for key in MASK_KEYS if item[key] is not None}
+        if "network" not in maps:  # a reference-free round has no pass without dropout
+            maps["network"] = np.zeros_like(maps["reference"])
         image = item["image"].float().numpy()
         if spatial_dims == 3:
             index = most_foreground_slice(maps["reference"])

@@ -81,7 +81,9 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self.mapo_pair_margin = 0.05  # tau: y- scores at least this much Dice below y+
         self.mapo_beta = 0.1  # DPO temperature
         self.mapo_weight = 0.5  # lambda: weight of the preference term beside Dice+CE
-        self.mapo_loss_type = "sigmoid"  # DPO; or "ipo", "hinge"
+        self.mapo_loss_type = "sigmoid"  # DPO; or "ipo", "hinge", "simpo", "dpop"
+        self.mapo_simpo_gamma = 0.5  # SimPO's target margin (loss type "simpo")
+        self.mapo_dpop_lambda = 10.0  # DPO-Positive's penalty (loss type "dpop")
         self.mapo_pairs_per_step: float | None = None  # pair rows added per step on average; None: batch size / 8
         self.mapo_cases_per_round: int | None = 100  # training cases per round; None: all
         self.mapo_round_batch_size: int | None = None  # forward passes batched in a round; None: K
@@ -135,7 +137,8 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         return {name: list(v) if isinstance(v := getattr(self, name), tuple) else v for name in ALL_SETTINGS}
 
     def _build_loss(self):
-        preference = DPOLoss(self.mapo_beta, self.mapo_loss_type, regions=self.label_manager.has_regions)
+        preference = DPOLoss(self.mapo_beta, self.mapo_loss_type, regions=self.label_manager.has_regions,
+                             simpo_gamma=self.mapo_simpo_gamma, dpop_penalty=self.mapo_dpop_lambda)
         # With a gradient scaler (CUDA) non-finite steps are skipped by nnU-Net: no host check needed per step.
         return MAPOLoss(super()._build_loss(), preference, self.mapo_weight, check_finite=self.grad_scaler is None)
 

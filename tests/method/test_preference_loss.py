@@ -1,4 +1,4 @@
-"""Tests of ``nnunetv2_mapo.method.preference_loss``: log-likelihoods, DPO/IPO/hinge, and that DPO learns."""
+"""Tests of ``nnunetv2_mapo.method.preference_loss``: log-likelihoods, DPO and variants, and that they learn."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunetv2_mapo.method.preference_loss import DPOLoss, dpo_loss, mask_log_likelihoods
+from nnunetv2_mapo.method.preference_loss import (
+    DPOLoss,
+    disagreement_counts,
+    dpo_loss,
+    dpop_loss,
+    mask_log_likelihoods,
+    simpo_loss,
+)
 
 pytestmark = pytest.mark.usefixtures("mapo_single_thread")
 
@@ -347,6 +354,9 @@ def preference_problem(regions: bool = False):
     ("adam", "ipo", False),
     ("adam", "hinge", False),
     ("adam", "sigmoid", True),
+    ("adam", "simpo", False),
+    ("adam", "dpop", False),
+    ("adam", "simpo", True),
 ])
 def test_optimizing_dpo_raises_the_preference_margin(optimizer, loss_type, regions):
     x, chosen, rejected = preference_problem(regions)
@@ -354,9 +364,9 @@ def test_optimizing_dpo_raises_the_preference_margin(optimizer, loss_type, regio
     network = TinySegNet(2 if regions else 3)
     with torch.no_grad():
         ref_c, ref_r, _ = mask_log_likelihoods(network(x), chosen, rejected, regions=regions)
-    criterion = DPOLoss(beta=1.0, loss_type=loss_type, regions=regions)
+    criterion = DPOLoss(beta=1.0, loss_type=loss_type, regions=regions, simpo_gamma=0.5, dpop_penalty=10.0)
     initial_loss, _, _ = criterion(network(x), chosen, rejected, ref_c, ref_r)
-    if loss_type == "sigmoid":
+    if loss_type in ("sigmoid", "dpop"):  # r+ = r- = 0 at the start: DPO-Positive's penalty is 0 too
         assert torch.allclose(initial_loss, torch.full_like(initial_loss, LN2), atol=1e-6)
     opt = (torch.optim.Adam(network.parameters(), lr=1e-2) if optimizer == "adam"
            else torch.optim.SGD(network.parameters(), lr=0.5, momentum=0.9))
@@ -373,3 +383,70 @@ def test_optimizing_dpo_raises_the_preference_margin(optimizer, loss_type, regio
     assert (margin_gain > 0).all()
     assert (chosen_r > rejected_r).float().mean().item() > 0.5
     assert final_loss.mean().item() < initial_loss.mean().item()
+
+
+# ------------------------------------------------------------------------------------------------ SimPO and DPOP
+def test_simpo_known_values() -> None:
+    chosen, rejected, count = torch.tensor([-2.0, -6.0]), torch.tensor([-4.0, -2.0]), torch.tensor([2.0, 4.0])
+    losses, chosen_rewards, rejected_rewards = simpo_loss(chosen, rejected, count, beta=2.0, gamma=0.5)
+    assert chosen_rewards.tolist() == [-2.0, -3.0] and rejected_rewards.tolist() == [-4.0, -1.0]  # 2 * l / |D|
+    expected = [-math.log(1 / (1 + math.exp(-(-2.0 + 4.0 - 0.5)))), -math.log(1 / (1 + math.exp(-(-3.0 + 1.0 - 0.5))))]
+    assert losses.tolist() == pytest.approx(expected)
+    without_margin = simpo_loss(chosen, rejected, count, 2.0, 0.0)[0]  # no reference: log-likelihoods only
+    assert torch.equal(without_margin, -F.logsigmoid(chosen_rewards - rejected_rewards))
+
+
+def test_dpop_equals_dpo_while_y_plus_gains_and_penalises_a_falling_y_plus() -> None:
+    count = torch.tensor([4.0, 4.0])
+    ref_c, ref_r = torch.tensor([-8.0, -8.0]), torch.tensor([-8.0, -8.0])
+    policy_c, policy_r = torch.tensor([-4.0, -12.0]), torch.tensor([-12.0, -20.0])  # y+ up, then y+ down by 4
+    dpo, chosen_r, rejected_r = dpo_loss(policy_c, policy_r, ref_c, ref_r, count, beta=0.5)
+    dpop, chosen_p, rejected_p = dpop_loss(policy_c, policy_r, ref_c, ref_r, count, beta=0.5, penalty=3.0)
+    assert torch.equal(chosen_r, chosen_p) and torch.equal(rejected_r, rejected_p)
+    assert dpop[0] == pytest.approx(float(dpo[0]))  # r+ = 0.5 > 0: no penalty
+    # r+ = -0.5, r- = -1.5: margin 1.0 minus 3 * 0.5 = -0.5
+    assert dpop[1] == pytest.approx(-math.log(1 / (1 + math.exp(0.5))))
+    assert dpop[1] > dpo[1]
+    assert torch.equal(dpop_loss(policy_c, policy_r, ref_c, ref_r, count, 0.5, 0.0)[0], dpo)  # lambda 0 is DPO
+
+
+def test_dpop_pushes_y_plus_up_where_dpo_lets_it_fall() -> None:
+    # Both masks equally likely under the reference; DPO only needs their difference, DPOP also y+'s own level.
+    count = torch.tensor([1.0])
+    policy_c = torch.tensor([-3.0], requires_grad=True)
+    policy_r = torch.tensor([-6.0], requires_grad=True)
+    reference = torch.tensor([-2.0])  # y+ is already below its reference likelihood
+    dpop_loss(policy_c, policy_r, reference, reference, count, beta=1.0, penalty=5.0)[0].sum().backward()
+    dpop_grad = policy_c.grad.clone()
+    policy_c.grad = None
+    dpo_loss(policy_c, policy_r, reference, reference, count, beta=1.0)[0].sum().backward()
+    assert dpop_grad < policy_c.grad < 0  # descent raises l(y+), and more so with the penalty
+
+
+@pytest.mark.parametrize(("function", "arguments", "message"), [
+    (simpo_loss, (0.0, 0.5), "beta"), (simpo_loss, (1.0, -0.1), "gamma"),
+    (dpop_loss, (1.0, -1.0), "penalty"), (dpop_loss, (0.0, 1.0), "beta"),
+])
+def test_simpo_and_dpop_reject_bad_arguments(function, arguments, message) -> None:
+    one = torch.ones(1)
+    inputs = (one, one, one) if function is simpo_loss else (one, one, one, one, one)
+    with pytest.raises(ValueError, match=message):
+        function(*inputs, *arguments)
+
+
+def test_dpo_loss_refuses_the_variants_loss_types_and_the_module_rejects_negative_settings() -> None:
+    one = torch.ones(1)
+    with pytest.raises(ValueError, match="simpo_loss, dpop_loss"):
+        dpo_loss(one, one, one, one, one, 1.0, "simpo")
+    with pytest.raises(ValueError, match="simpo_gamma and dpop_penalty"):
+        DPOLoss(loss_type="simpo", simpo_gamma=-1.0)
+
+
+def test_disagreement_counts_match_the_log_likelihood_counts() -> None:
+    x, chosen, rejected = preference_problem()
+    valid = torch.rand(4, 1, 12, 12, generator=torch.Generator().manual_seed(0)) > 0.2
+    _, _, expected = mask_log_likelihoods(torch.randn(4, 3, 12, 12), chosen, rejected, valid)
+    assert torch.equal(disagreement_counts(chosen, rejected, valid), expected)
+    _, chosen_r, rejected_r = preference_problem(regions=True)
+    _, _, expected_r = mask_log_likelihoods(torch.randn(4, 2, 12, 12), chosen_r, rejected_r, regions=True)
+    assert torch.equal(disagreement_counts(chosen_r, rejected_r, regions=True), expected_r)

@@ -12,6 +12,7 @@ from round_helpers import (
     LABELS,
     LABELS_IGNORE,
     REGIONS,
+    K,
     clean_logits,
     generate,
     label_batches,
@@ -255,3 +256,16 @@ def test_examples_are_the_first_items_with_a_pair_and_match_the_set(label_round)
         batch_index, row = divmod(int(example["key"].split("_")[1]), 3)  # label_batches: 3 items per batch
         assert torch.equal(example["reference"], batches[batch_index]["target"][row, 0].long())
     assert RoundExamples(limit=0).wanted == 0
+
+
+def test_a_reference_free_round_skips_the_reference_pass(label_round):
+    network, batches, result = label_round
+    calls = []
+    handle = network.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    try:
+        free = generate(network, batches, round_index=3, epoch=17, reference_pass=False)
+    finally:
+        handle.remove()
+    assert all(rows % K == 0 for rows in calls)  # only the K-hypothesis passes, no pass of the items themselves
+    assert torch.equal(free.chosen, result.chosen) and torch.equal(free.rejected, result.rejected)  # same pairs
+    assert torch.all(free.reference_chosen_logps == 0) and torch.isnan(free.network_dice).all()

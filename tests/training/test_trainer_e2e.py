@@ -215,3 +215,16 @@ def test_hippocampus_few_cases(tmp_path: Path) -> None:
     summary = json.load(open(os.path.join(workspace.output_folder(4, "nnUNetTrainerMAPO", "3d_fullres", 0),
                                           "validation", "summary.json")))
     assert set(summary["mean"]) == {"1", "2"}
+
+
+@pytest.mark.parametrize(("trainer", "loss_type"), [("nnUNetTrainerMAPO_SimPO", "simpo"),
+                                                    ("nnUNetTrainerMAPO_DPOP", "dpop")])
+def test_preference_loss_variants_train_end_to_end(ws2d: Workspace, trainer: str, loss_type: str) -> None:
+    output = ws2d.train(901, "2d", 4, trainer, "cpu", TINY)
+    fold = ws2d.output_folder(901, trainer, "2d", 4)
+    assert json.load(open(os.path.join(fold, "mapo_config.json")))["settings"]["mapo_loss_type"] == loss_type
+    assert "MAPO round 0 (epoch 1)" in output
+    logging = _checkpoint(os.path.join(fold, "checkpoint_final.pth"))["logging"]
+    assert all(math.isfinite(v) for v in logging["mapo_dpo_loss"][1:])  # the term is active after the warm-up
+    no_dropout = logging["mapo_dice_no_dropout"][1]  # the round's Dice of the network's own prediction
+    assert math.isnan(no_dropout) if loss_type == "simpo" else math.isfinite(no_dropout)  # SimPO: no reference pass
