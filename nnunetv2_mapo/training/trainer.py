@@ -103,12 +103,14 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self.mapo_step_stats: list[dict] = []  # MAPOLoss.last_stats of this epoch's steps
 
     # ----------------------------------------------------------------------------------------------- network
-    @staticmethod
-    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
-        network = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
-                                                           num_output_channels, enable_deep_supervision)
+        # The next class in the method resolution order builds the network: nnUNetTrainer's planned one, or that of
+        # the trainer MAPO is combined with (class nnUNetTrainerX_MAPO(nnUNetTrainerMAPO, nnUNetTrainerX): pass).
+        network = super().build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                     num_output_channels, enable_deep_supervision)
         inject_dropout(network)
         return network
 

@@ -309,3 +309,39 @@ def test_a_rounds_set_is_stored_once_and_checkpoints_add_kilobytes(make_trainer)
             assert torch.equal(getattr(resumed.mapo_preference_set, name), getattr(trainer.mapo_preference_set, name))
     finally:
         trainer.on_train_end()
+
+
+def test_mapo_on_top_of_another_trainer_in_one_line(make_trainer) -> None:
+    from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import (
+        nnUNetTrainerNoMirroring,
+    )
+
+    from nnunetv2_mapo.training.loss import MAPOLoss
+
+    class nnUNetTrainerOwnNetwork(nnUNetTrainer):  # a user's trainer with its own build_network_architecture
+        built = 0
+
+        @staticmethod
+        def build_network_architecture(*args, **kwargs):
+            nnUNetTrainerOwnNetwork.built += 1
+            return nnUNetTrainer.build_network_architecture(*args, **kwargs)
+
+    class nnUNetTrainerOwnNetwork_MAPO(nnUNetTrainerMAPO, nnUNetTrainerOwnNetwork):
+        pass
+
+    class nnUNetTrainerNoMirroring_MAPO(nnUNetTrainerMAPO, nnUNetTrainerNoMirroring):
+        pass
+
+    own = make_trainer(nnUNetTrainerOwnNetwork_MAPO)
+    own.initialize()
+    assert nnUNetTrainerOwnNetwork.built == 1  # the user's network, with MAPO's dropout hooks on it
+    assert find_injector(own.network).hooked_modules and isinstance(own.loss, MAPOLoss)
+    network = nnUNetTrainerOwnNetwork_MAPO.build_network_architecture(  # as nnU-Net's predictor calls it
+        own.plans_manager, own.configuration_manager, own.num_input_channels,
+        own.label_manager.num_segmentation_heads, False)
+    assert nnUNetTrainerOwnNetwork.built == 2 and find_injector(network).hooked_modules
+    mirrorless = make_trainer(nnUNetTrainerNoMirroring_MAPO, fold=1)
+    mirrorless.initialize()
+    mirrorless.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    assert mirrorless.inference_allowed_mirroring_axes is None  # nnUNetTrainerNoMirroring's behaviour is kept
+    assert mirrorless.mapo_beta == 0.1 and find_injector(mirrorless.network).hooked_modules
