@@ -188,15 +188,15 @@ def dpop_loss(
     Raises:
         ValueError: ``beta <= 0`` or ``penalty < 0``.
     """
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta}.")
     if not penalty >= 0:
         raise ValueError(f"penalty must be >= 0, got {penalty}.")
-    _, chosen_rewards, rejected_rewards = dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
-                                                   reference_rejected_logps, num_disagree, beta)
     scale = beta / num_disagree.clamp(min=1).to(policy_chosen_logps.dtype)
-    chosen = (policy_chosen_logps - reference_chosen_logps) * scale  # r+, with its gradient
-    rejected = (policy_rejected_logps - reference_rejected_logps) * scale
-    losses = -F.logsigmoid(chosen - rejected - penalty * torch.relu(-chosen))
-    return losses, chosen_rewards, rejected_rewards
+    chosen_rewards = (policy_chosen_logps - reference_chosen_logps) * scale  # r+ (with its gradient)
+    rejected_rewards = (policy_rejected_logps - reference_rejected_logps) * scale
+    losses = -F.logsigmoid(chosen_rewards - rejected_rewards - penalty * torch.relu(-chosen_rewards))
+    return losses, chosen_rewards.detach(), rejected_rewards.detach()
 
 
 class DPOLoss(nn.Module):

@@ -13,14 +13,6 @@ from nnunetv2_mapo.method.preference_set import STATE_VERSION, PreferenceBatch, 
 pytestmark = pytest.mark.usefixtures("mapo_single_thread")
 
 
-@pytest.fixture(scope="module")
-def label_round():
-    network = tiny_unet()
-    batches = label_batches(network)
-    result = generate(network, batches, round_index=3, epoch=17)
-    return network, batches, result
-
-
 def test_chosen_beats_network_counts_pairs_and_skips_unknown_values():
     preference_set = synthetic_set(4)
     preference_set.network_dice = torch.tensor([0.95, 0.85, 0.85, 0.9])  # y+ scores 0.9 everywhere

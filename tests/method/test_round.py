@@ -28,14 +28,6 @@ from nnunetv2_mapo.method.scoring import mean_foreground_dice, split_target
 pytestmark = pytest.mark.usefixtures("mapo_single_thread")
 
 
-@pytest.fixture(scope="module")
-def label_round():
-    network = tiny_unet()
-    batches = label_batches(network)
-    result = generate(network, batches, round_index=3, epoch=17)
-    return network, batches, result
-
-
 # ------------------------------------------------------------------------------------------------ generation
 def test_generation_finds_pairs_with_the_required_gap(label_round):
     _, batches, result = label_round
