@@ -46,7 +46,7 @@ def test_train_and_predict_2d(ws2d: Workspace, tmp_path: Path) -> None:
     output = ws2d.train(901, "2d", 0, "nnUNetTrainerMAPO", "cpu", TINY)
     fold = ws2d.output_folder(901, "nnUNetTrainerMAPO", "2d", 0)
     for name in ("checkpoint_final.pth", "progress.png", "progress_mapo.png", "mapo_config.json",
-                 "validation/summary.json"):
+                 "validation/summary.json", "mapo_rounds/round_0000.png", "mapo_rounds/round_0001.png"):
         assert os.path.isfile(os.path.join(fold, name)), name
     assert not os.path.exists(os.path.join(fold, "checkpoint_latest.pth"))
     assert not list(Path(fold).glob("checkpoint_latest.pth.mapo_e*.pt"))  # removed with checkpoint_latest.pth
