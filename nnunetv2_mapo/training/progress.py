@@ -46,8 +46,10 @@ def plot_mapo_progress(logged: dict, output_folder: str, filename: str = "progre
     x = np.arange(epochs)
     rounds = [e for e, v in enumerate(logged.get(ROUND_MARKER_KEY, [])[:epochs]) if not math.isnan(float(v))]
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(len(layout), 1, figsize=FIGURE_SIZE, sharex=True, layout="constrained")
-        fig.get_layout_engine().set(hspace=0.03)  # room between panels for the tick labels at their edges
+        fig, axes = plt.subplots(len(layout), 1, figsize=FIGURE_SIZE, sharex=True)
+        # A fixed layout (a constrained one costs a second per epoch on a CPU): legends in the right margin, room
+        # between panels for the tick labels at their edges.
+        fig.subplots_adjust(left=0.07, right=0.76, bottom=0.04, top=0.98, hspace=0.22)
         for ax, (title, keys) in zip(axes, layout):
             for index, key in enumerate(keys):
                 values = np.asarray(logged[key][:epochs], dtype=float)
@@ -61,6 +63,6 @@ def plot_mapo_progress(logged: dict, output_folder: str, filename: str = "progre
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
         axes[-1].set_xlabel("epoch (dotted lines: preference rounds)")
         path = os.path.join(output_folder, filename)
-        fig.savefig(path)
+        fig.savefig(path, dpi=50)  # 1500 x 2700 pixels: readable, and half the drawing time of 100 dpi
         plt.close(fig)
     return path

@@ -20,7 +20,7 @@ from nnunetv2_mapo.commands.workspace import CommandFailed, Workspace, copy_raw_
 
 pytestmark = pytest.mark.e2e
 
-SHARED_DATA = Path(os.environ.get("NNUNETV2_MAPO_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED_DATA = Path(os.environ.get("NNUNETV2_MAPO_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 TINY = {"num_epochs": 4, "num_iterations_per_epoch": 6, "num_val_iterations_per_epoch": 2,
         "mapo_warmup_epochs": 1, "mapo_regen_every": 2}
 MAPO_KEYS = ("mapo_dpo_loss", "mapo_reward_accuracy", "mapo_reward_margin", "mapo_num_pairs", "mapo_regen_seconds")
@@ -220,7 +220,7 @@ def test_hippocampus_few_cases(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("trainer", "loss_type"), [("nnUNetTrainerMAPO_SimPO", "simpo"),
                                                     ("nnUNetTrainerMAPO_DPOP", "dpop")])
 def test_preference_loss_variants_train_end_to_end(ws2d: Workspace, trainer: str, loss_type: str) -> None:
-    output = ws2d.train(901, "2d", 4, trainer, "cpu", TINY)
+    output = ws2d.train(901, "2d", 4, trainer, "cpu", TINY | {"num_epochs": 2, "mapo_regen_every": 1})
     fold = ws2d.output_folder(901, trainer, "2d", 4)
     assert json.load(open(os.path.join(fold, "mapo_config.json")))["settings"]["mapo_loss_type"] == loss_type
     assert "MAPO round 0 (epoch 1)" in output
