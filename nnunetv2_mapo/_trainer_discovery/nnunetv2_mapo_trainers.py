@@ -2,5 +2,6 @@
 # module and drops it again after the lookup, so it must only re-export the installed classes, by absolute import.
 from nnunetv2_mapo.training.trainer import *  # noqa: F401,F403
 from nnunetv2_mapo.training.variants.dropout import *  # noqa: F401,F403
+from nnunetv2_mapo.training.variants.networks import *  # noqa: F401,F403
 from nnunetv2_mapo.training.variants.preference_loss import *  # noqa: F401,F403
 from nnunetv2_mapo.training.variants.schedule import *  # noqa: F401,F403

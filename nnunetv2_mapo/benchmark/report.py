@@ -92,8 +92,8 @@ def format_table(results: Mapping[str, Any]) -> str:
                      f"trainers continue from its checkpoint with `--c`.")
     lines += ["", "## Runs", "",
               "| trainer | seed | fold | Dice | HD95 (mm) | ASD (mm) | NSD | cases | wall (s) | s/epoch "
-              "| pref. rounds (s) | peak RSS (GiB) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| pref. rounds (s) | peak RSS (GiB) | peak GPU (GiB) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(value: Any, fmt: str) -> str:
         return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
@@ -103,7 +103,8 @@ def format_table(results: Mapping[str, Any]) -> str:
                      f"{cell(r.get('HD95'), '{:.2f}')} | {cell(r.get('ASD'), '{:.3f}')} | "
                      f"{cell(r.get('NSD'), '{:.4f}')} | {r.get('num_cases', '–')} | "
                      f"{cell(r.get('wall_seconds'), '{:.1f}')} | {cell(r.get('seconds_per_epoch'), '{:.2f}')} | "
-                     f"{cell(r.get('preference_seconds'), '{:.1f}')} | {cell(r.get('peak_rss_gib'), '{:.2f}')} |")
+                     f"{cell(r.get('preference_seconds'), '{:.1f}')} | {cell(r.get('peak_rss_gib'), '{:.2f}')} | "
+                     f"{cell(r.get('peak_gpu_gib'), '{:.2f}')} |")
     missing = results.get("missing", [])
     if missing:
         lines += ["", f"Not finished (left out above): {', '.join(missing)}."]

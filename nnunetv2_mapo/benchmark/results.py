@@ -13,6 +13,7 @@ from nnunetv2_mapo.benchmark.process import _invocation_totals, _read_json, _wri
 from nnunetv2_mapo.benchmark.report import format_table
 from nnunetv2_mapo.benchmark.stats import METRICS, epoch_timing, round_dice
 from nnunetv2_mapo.training.checkpointing import atomic_path
+from nnunetv2_mapo.training.gpu_memory import read_peak_gpu_memory
 
 EVALUATION_FILE = "benchmark_summary.json"
 CURVE_KEYS = ("mean_fg_dice", "ema_fg_dice", "train_losses", "val_losses")
@@ -44,6 +45,7 @@ def run_record(folder: str, trainer: str, seed: int, fold: int, first_epoch: int
     fg = summary["foreground_mean"]
     logging = load_checkpoint(os.path.join(folder, "checkpoint_final.pth"))["logging"]
     wall, rss, invocations = _invocation_totals(folder)
+    gpu = read_peak_gpu_memory(folder)
     record: dict[str, Any] = {
         "trainer": trainer, "seed": seed, "fold": fold, "output_folder": folder,
         "num_cases": len(summary["metric_per_case"]),
@@ -53,6 +55,7 @@ def run_record(folder: str, trainer: str, seed: int, fold: int, first_epoch: int
         "per_class": {str(k): {m: v.get(m) for m in METRICS} for k, v in summary["mean"].items()},
         "wall_seconds": wall, "invocations": invocations,
         "peak_rss_bytes": rss, "peak_rss_gib": None if rss is None else rss / 2**30,
+        "peak_gpu_bytes": gpu, "peak_gpu_gib": None if gpu is None else gpu / 2**30,
         **epoch_timing(logging, first_epoch),
         **round_dice(logging, first_epoch),
         "curves": {k: [float(v) for v in logging.get(k, [])] for k in CURVE_KEYS},

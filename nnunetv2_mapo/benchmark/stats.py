@@ -22,6 +22,7 @@ QUANTITIES: tuple[tuple[str, str, str], ...] = (
     ("preference_seconds", "preference rounds (s)", "{:.1f}"),
     ("preference_share", "preference rounds, share of epoch time", "{:.1%}"),
     ("peak_rss_gib", "peak memory, max RSS (GiB)", "{:.2f}"),
+    ("peak_gpu_gib", "peak GPU memory, torch.cuda.max_memory_allocated (GiB)", "{:.2f}"),
     ("round_dice_chosen", "rounds: Dice of y+ (mean over pairs and rounds)", "{:.4f}"),
     ("round_dice_rejected", "rounds: Dice of y-", "{:.4f}"),
     ("round_dice_no_dropout", "rounds: Dice without dropout, same patches", "{:.4f}"),

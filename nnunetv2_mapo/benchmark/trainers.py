@@ -21,6 +21,7 @@ import os
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunetv2_mapo.training.gpu_memory import peak_gpu_memory_line
 from nnunetv2_mapo.training.settings import (
     ENV_VAR,
     NNUNET_SETTINGS,
@@ -97,6 +98,11 @@ class nnUNetTrainerBenchmarkBaseline(nnUNetTrainer):
         super().on_train_start()
         self.print_to_log_file(f"nnUNetTrainer with {ENV_VAR} overrides (nnU-Net keys only): "
                                f"{self.benchmark_overrides}")
+
+    def on_train_end(self):
+        super().on_train_end()
+        if (line := peak_gpu_memory_line(self.device)) is not None:  # as nnUNetTrainerMAPO logs it
+            self.print_to_log_file(line)
 
 
 class nnUNetTrainerBenchmarkWarmup(nnUNetTrainerBenchmarkBaseline):

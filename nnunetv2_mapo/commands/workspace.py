@@ -104,15 +104,22 @@ class Workspace:
             raise FileNotFoundError(f"Expected one Dataset{dataset_id:03d}_* folder in {self.raw}, found {matches}.")
         return os.path.basename(matches[0])
 
-    def plan_and_preprocess(self, dataset_id: int, configurations: Sequence[str], log_file: str | None = None) -> str:
-        """``nnUNetv2_plan_and_preprocess`` (skipped when the plans and data already exist)."""
+    def plan_and_preprocess(self, dataset_id: int, configurations: Sequence[str], log_file: str | None = None,
+                            planner: str | None = None, plans: str = "nnUNetPlans") -> str:
+        """``nnUNetv2_plan_and_preprocess`` (skipped when the plans and data already exist).
+
+        Args:
+            planner: ``-pl`` (for example ``nnUNetPlannerResEncM``); ``plans`` is then the plans it writes
+                (``nnUNetResEncUNetMPlans``).
+        """
         name = self.dataset_name(dataset_id)
-        done = [os.path.isdir(os.path.join(self.preprocessed, name, f"nnUNetPlans_{c}")) for c in configurations]
+        done = [os.path.isdir(os.path.join(self.preprocessed, name, f"{plans}_{c}")) for c in configurations]
         if all(done):
             return ""
         # nnUNet_n_proc_DA=0 breaks planning (torch.set_num_threads(0)); planning needs no augmentation workers.
-        return self.run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", *configurations,
-                         "-np", "1"], extra_env={"nnUNet_n_proc_DA": "1"}, log_file=log_file)
+        return self.run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", *configurations, "-np", "1",
+                         *(["-pl", planner] if planner else [])], extra_env={"nnUNet_n_proc_DA": "1"},
+                        log_file=log_file)
 
     def train(self, dataset_id: int, configuration: str, fold: int | str, trainer: str, device: str,
               settings: dict | None = None, extra_args: Sequence[str] = (), log_file: str | None = None,
@@ -145,11 +152,12 @@ class Workspace:
         return target
 
     def predict(self, dataset_id: int, configuration: str, fold: int | str, trainer: str, device: str,
-                input_folder: str, output_folder: str, log_file: str | None = None) -> str:
+                input_folder: str, output_folder: str, log_file: str | None = None,
+                plans: str = "nnUNetPlans") -> str:
         """``nnUNetv2_predict`` with one worker for preprocessing and export."""
         return self.run(["nnUNetv2_predict", "-i", input_folder, "-o", output_folder, "-d", str(dataset_id),
-                         "-c", configuration, "-f", str(fold), "-tr", trainer, "-device", device, "-npp", "1",
-                         "-nps", "1", "--disable_progress_bar"], log_file=log_file)
+                         "-c", configuration, "-f", str(fold), "-tr", trainer, "-p", plans, "-device", device,
+                         "-npp", "1", "-nps", "1", "--disable_progress_bar"], log_file=log_file)
 
 
 def copy_raw_dataset(source: str, raw_root: str, case_ids: Sequence[str] | None = None) -> str:

@@ -235,9 +235,20 @@ class DPOLoss(nn.Module):
         reference_rejected_logps: torch.Tensor,
         valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns ``(losses, chosen_rewards, rejected_rewards)`` for a batch of pairs (see :func:`dpo_loss`)."""
+        """Returns ``(losses, chosen_rewards, rejected_rewards)`` for a batch of pairs (see :func:`dpo_loss`).
+
+        The term is computed in float32 even inside an autocast region (nnU-Net trains with float16/bfloat16 autocast
+        on GPUs): the log-likelihoods are sums over many voxels, and their differences are small.
+        """
+        with torch.autocast(logits.device.type, enabled=False):
+            return self._float32_forward(logits.float(), chosen, rejected, reference_chosen_logps.float(),
+                                         reference_rejected_logps.float(), valid)
+
+    def _float32_forward(self, logits: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor,
+                         reference_chosen_logps: torch.Tensor, reference_rejected_logps: torch.Tensor,
+                         valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         chosen_logps, rejected_logps, num_disagree = mask_log_likelihoods(
-            logits.float(), chosen, rejected, valid, self.regions
+            logits, chosen, rejected, valid, self.regions
         )
         if self.loss_type == "simpo":
             return simpo_loss(chosen_logps, rejected_logps, num_disagree, self.beta, self.simpo_gamma)

@@ -5,6 +5,8 @@ the batch's single forward and backward pass and nnU-Net's autocast, gradient sc
 unchanged. The loss gets the same pairs as an argument and splits the output again (:func:`split_pair_rows`): the
 batch rows get nnU-Net's loss against ``target``, the pair rows the preference loss on the full-resolution output.
 Both halves of that convention live in this module. Validation steps pass no pairs and get Dice+CE only.
+Networks whose training and eval modes differ (BatchNorm, native dropout or DropPath) give the pair rows a forward
+pass of their own in eval mode instead (:mod:`nnunetv2_mapo.method.train_eval`), and the loss gets their logits.
 """
 
 from __future__ import annotations
@@ -73,18 +75,24 @@ class MAPOLoss(nn.Module):
         self.last_stats: dict[str, float | torch.Tensor] = inactive_step_stats()
 
     def forward(self, output: Output, target: torch.Tensor | Sequence[torch.Tensor],
-                pairs: PreferenceBatch | None = None) -> torch.Tensor:
+                pairs: PreferenceBatch | None = None, pair_logits: torch.Tensor | None = None) -> torch.Tensor:
         """The step's loss.
 
         Args:
-            output: The network's output for the batch, followed by ``len(pairs)`` pair rows when pairs are given.
+            output: The network's output for the batch, followed by ``len(pairs)`` pair rows when pairs are given
+                and ``pair_logits`` is not.
             target: The batch's targets (nnU-Net's format; no rows for the pairs).
-            pairs: The pairs whose patches are the output's last rows, or None.
+            pairs: The step's pairs, or None.
+            pair_logits: The pairs' full-resolution logits from a pass of their own (networks whose training and
+                eval modes differ); ``output`` then holds the batch's rows only.
         """
         if pairs is None or len(pairs) == 0:
             self.last_stats = inactive_step_stats()
             return self.segmentation_loss(output, target)
-        segmentation_output, pair_logits = split_pair_rows(output, len(pairs))
+        if pair_logits is None:
+            segmentation_output, pair_logits = split_pair_rows(output, len(pairs))
+        else:
+            segmentation_output = output
         segmentation = self.segmentation_loss(segmentation_output, target)
         losses, chosen_rewards, rejected_rewards = self.preference_loss(
             pair_logits, pairs.chosen, pairs.rejected, pairs.reference_chosen_logps, pairs.reference_rejected_logps,

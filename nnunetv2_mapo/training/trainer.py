@@ -11,6 +11,7 @@ The class reads like a table of contents: each nnU-Net hook hands its MAPO part 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -23,10 +24,11 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from nnunetv2_mapo import __version__
-from nnunetv2_mapo.method.dropout import find_injector, inject_dropout
+from nnunetv2_mapo.method.dropout import find_injector, inject_dropout, unwrap
 from nnunetv2_mapo.method.preference_loss import DPOLoss
 from nnunetv2_mapo.method.preference_set import PreferenceBatch, PreferenceSet
 from nnunetv2_mapo.method.schedule import pairs_for_step
+from nnunetv2_mapo.method.train_eval import eval_mode_forward, mode_dependent_modules
 from nnunetv2_mapo.training.checkpointing import (
     MAPOStateError,
     atomic_path,
@@ -39,6 +41,7 @@ from nnunetv2_mapo.training.checkpointing import (
     write_preference_set,
 )
 from nnunetv2_mapo.training.distributed import gather_step_stats
+from nnunetv2_mapo.training.gpu_memory import peak_gpu_memory_line
 from nnunetv2_mapo.training.loss import MAPOLoss, append_pair_rows, collate_step_stats
 from nnunetv2_mapo.training.metrics import LOG_KEYS, reduce_step_stats
 from nnunetv2_mapo.training.preference_round import run_preference_round
@@ -101,6 +104,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self._mapo_epoch_round: dict[str, float] = {}  # the metrics of the round run at this epoch's start
         self._mapo_set_reference: dict | None = None  # the file the set in use was written to
         self.mapo_step_stats: list[dict] = []  # MAPOLoss.last_stats of this epoch's steps
+        self.mapo_pair_pass_in_eval_mode = False  # set in initialize: the network's train and eval modes differ
 
     # ----------------------------------------------------------------------------------------------- network
     @classmethod
@@ -123,6 +127,18 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         find_injector(self.network).mode = self.mapo_dropout_mode
         self._mapo_pair_generator.manual_seed(self.mapo_seed + self.local_rank)
         self._register_log_keys()
+        self._choose_pair_pass()
+
+    def _choose_pair_pass(self) -> None:
+        # The reference is the eval-mode network; the pair rows must see the same function (method/train_eval.py).
+        differing = mode_dependent_modules(unwrap(self.network))
+        self.mapo_pair_pass_in_eval_mode = bool(differing)
+        if differing:
+            shown = ", ".join(name or type(unwrap(self.network)).__name__ for name in differing[:4])
+            self.print_to_log_file(
+                f"MAPO: {len(differing)} modules compute differently in training and eval mode ({shown}"
+                f"{', ...' if len(differing) > 4 else ''}); the pair rows get an eval-mode forward pass of their own, "
+                f"the function their reference log-likelihoods come from.")
 
     def _apply_mapo_settings(self) -> None:
         self.mapo_env_overrides = config_from_environment()
@@ -211,17 +227,28 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
 
     def train_step(self, batch: dict) -> dict:
         pairs = self._next_pairs()
-        if pairs is not None:  # the patches join the batch where it is; the loss needs the rest on the device
+        pair_logits = None
+        if pairs is not None and self.mapo_pair_pass_in_eval_mode:
+            pairs = pairs.to(self.device)
+            pair_logits = self._eval_mode_pair_logits(pairs.images)
+        elif pairs is not None:  # the patches join the batch where it is; the loss needs the rest on the device
             batch = {**batch, "data": append_pair_rows(batch["data"], pairs)}
             pairs = pairs.to(self.device)
         loss = self.loss
-        self.loss = functools.partial(loss, pairs=pairs)  # nnU-Net's train_step calls self.loss(output, target)
+        # nnU-Net's train_step calls self.loss(output, target) inside its autocast context
+        self.loss = functools.partial(loss, pairs=pairs, pair_logits=pair_logits)
         try:
             result = super().train_step(batch)
         finally:
             self.loss = loss
         self.mapo_step_stats.append(loss.last_stats)  # device tensors: read once, when the epoch ends
         return result
+
+    def _eval_mode_pair_logits(self, images: torch.Tensor) -> torch.Tensor:
+        # Before the batch's training-mode pass, which moves BatchNorm's running statistics: at a round's first step
+        # the pairs then see exactly the function of the round's reference pass. Autocast as in nnU-Net's step.
+        with torch.autocast(self.device.type) if self.device.type == "cuda" else contextlib.nullcontext():
+            return eval_mode_forward(unwrap(self.network), images)
 
     def on_train_epoch_end(self, train_outputs: list[dict]):
         super().on_train_epoch_end(train_outputs)
@@ -292,6 +319,8 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
 
     def on_train_end(self):
         super().on_train_end()  # deletes checkpoint_latest.pth; its MAPO state goes with it
+        if (line := peak_gpu_memory_line(self.device)) is not None:  # read back by nnunetv2_mapo benchmark
+            self.print_to_log_file(line)
         if self.local_rank == 0 and not self.disable_checkpointing:
             remove_states(join(self.output_folder, "checkpoint_latest.pth"))
             remove_unreferenced_sets(self.output_folder)

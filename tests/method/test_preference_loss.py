@@ -303,6 +303,24 @@ def test_module_computes_in_float32_for_half_logits():
     assert torch.allclose(losses, torch.full_like(losses, LN2), atol=1e-6)
 
 
+def test_module_stays_in_float32_inside_an_autocast_region():
+    torch.manual_seed(7)
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    chosen = torch.randint(0, 3, (2, 8, 8))
+    rejected = (chosen + 1) % 3
+    ref_chosen, ref_rejected, _ = mask_log_likelihoods(logits.detach() - 0.1 * torch.rand_like(logits), chosen,
+                                                       rejected)
+    loss = DPOLoss(beta=0.5)
+    expected = loss(logits, chosen, rejected, ref_chosen, ref_rejected)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as nnU-Net's float16/bfloat16 autocast on a GPU
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16  # autocast is on here
+        losses = loss(logits, chosen, rejected, ref_chosen.bfloat16(), ref_rejected.bfloat16())[0]
+    assert losses.dtype == torch.float32
+    torch.testing.assert_close(losses, expected, atol=2e-3, rtol=0)  # only the bfloat16 references round
+    losses.sum().backward()
+    assert logits.grad.dtype == torch.float32 and torch.isfinite(logits.grad).all()
+
+
 def test_module_regions_flag_selects_the_bernoulli_likelihood():
     torch.manual_seed(7)
     logits = torch.randn(1, 2, 3, 3)

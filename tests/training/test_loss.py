@@ -120,6 +120,20 @@ def test_with_pairs_adds_weighted_dpo_on_the_last_rows(weight, beta, loss_type):
     assert stats["mapo_skipped_steps"] == 0.0
 
 
+def test_pair_logits_of_a_pass_of_their_own_give_the_same_loss_as_appended_rows():
+    out, tgt, batch = outputs(BATCH + PAIRS), targets(), pairs()
+    mapo = MAPOLoss(nnunet_loss(), DPOLoss(0.5), 0.7)
+    appended = mapo(out, tgt, pairs=batch)
+    separate = mapo([o[:BATCH] for o in out], tgt, pairs=batch, pair_logits=out[0][BATCH:])
+    torch.testing.assert_close(separate, appended)
+    own = outputs(PAIRS, seed=9)[0]  # other logits for the pairs: another preference term, the same Dice+CE
+    other = mapo([o[:BATCH] for o in out], tgt, pairs=batch, pair_logits=own)
+    segmentation = nnunet_loss()([o[:BATCH] for o in out], tgt)
+    torch.testing.assert_close(other, segmentation + 0.7 * expected_dpo(own, batch, 0.5)[0].mean())
+    other.backward()
+    assert own.grad is not None and own.grad.abs().sum() > 0
+
+
 def test_pair_rows_do_not_enter_the_segmentation_loss():
     out, tgt = outputs(BATCH + PAIRS), targets()
     mapo = MAPOLoss(nnunet_loss(), DPOLoss(), weight=0.0)

@@ -345,3 +345,103 @@ def test_mapo_on_top_of_another_trainer_in_one_line(make_trainer) -> None:
     mirrorless.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     assert mirrorless.inference_allowed_mirroring_axes is None  # nnUNetTrainerNoMirroring's behaviour is kept
     assert mirrorless.mapo_beta == 0.1 and find_injector(mirrorless.network).hooked_modules
+
+
+class _WithDropPath(torch.nn.Module):
+    """A planned U-Net followed by a residual DropPath branch on its full-resolution output (as in Transformers)."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        from dynamic_network_architectures.building_blocks.regularization import DropPath
+
+        self.network = network
+        self.drop_path = DropPath(0.5)
+
+    @property
+    def decoder(self) -> torch.nn.Module:  # nnU-Net switches deep supervision on the decoder
+        return self.network.decoder
+
+    def forward(self, x: torch.Tensor):
+        outputs = self.network(x)
+        return [outputs[0] + self.drop_path(outputs[0]), *outputs[1:]]
+
+
+class nnUNetTrainerDropPath(nnUNetTrainer):
+    @staticmethod
+    def build_network_architecture(*args, **kwargs):
+        return _WithDropPath(nnUNetTrainer.build_network_architecture(*args, **kwargs))
+
+
+class nnUNetTrainerDropPath_MAPO(nnUNetTrainerMAPO, nnUNetTrainerDropPath):
+    pass
+
+
+def _first_step_rewards(trainer) -> tuple[float, float]:
+    trainer.run_preference_round()
+    trainer.network.train()
+    trainer.mapo_step_stats = []
+    trainer.train_step(next(trainer.dataloader_train))
+    stats = trainer.mapo_step_stats[-1]
+    return float(stats["mapo_rewards_chosen"]), float(stats["mapo_rewards_rejected"])
+
+
+@pytest.mark.parametrize("kind", ["batchnorm", "droppath"])
+def test_policy_equals_reference_at_a_rounds_first_step(make_trainer, kind) -> None:
+    from nnunetv2_mapo.training.variants.networks import nnUNetTrainerMAPO_BN
+
+    cls = nnUNetTrainerMAPO_BN if kind == "batchnorm" else nnUNetTrainerDropPath_MAPO
+    settings = {"mapo_warmup_epochs": 0, "num_epochs": 5, "mapo_cases_per_round": 4, "mapo_num_hypotheses": 4,
+                "mapo_pair_margin": 0.0, "mapo_pairs_per_step": 2, "mapo_round_pictures": 0}
+    trainer = make_trainer(cls, fold=2, **settings)
+    trainer.on_train_start()
+    try:
+        assert trainer.mapo_pair_pass_in_eval_mode
+        if kind == "batchnorm":  # running statistics far from a batch's, as after some training
+            for module in trainer.network.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.running_mean.fill_(0.5)
+                    module.running_var.fill_(2.0)
+        for _ in range(2):  # a round, then its first step: the rewards start at 0
+            assert all(abs(r) < 1e-4 for r in _first_step_rewards(trainer))
+        # the check above can fail: the pair rows in the batch's training-mode pass give rewards that are noise
+        trainer.mapo_pair_pass_in_eval_mode = False
+        assert max(abs(r) for r in _first_step_rewards(trainer)) > 1e-3
+    finally:
+        trainer.on_train_end()
+
+
+def test_instancenorm_unet_pairs_share_the_batchs_pass(make_trainer) -> None:
+    trainer = make_trainer()
+    trainer.initialize()
+    assert not trainer.mapo_pair_pass_in_eval_mode
+
+
+def test_a_compiled_network_is_not_recompiled_as_the_pair_rows_vary(make_trainer) -> None:
+    """torch.compile (nnU-Net compiles on CUDA): the batch grows from B to B + 1 or B + 2 rows from step to step.
+    Dynamo specialises on the first shape and makes the batch dimension dynamic at the first change; after that no
+    step may compile again. Counted with a backend that only counts (the same guards as inductor's)."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    trainer = make_trainer(fold=4, mapo_warmup_epochs=0, num_epochs=5, mapo_cases_per_round=4,
+                           mapo_num_hypotheses=4, mapo_pair_margin=0.0, mapo_pairs_per_step=1.5,
+                           mapo_round_pictures=0)  # 1 and 2 pair rows in turn
+    trainer.on_train_start()
+    try:
+        trainer.run_preference_round()  # the round runs the unwrapped network: nothing compiled there
+        trainer.network = torch.compile(trainer.network, backend=counter)
+        trainer.network.train()
+        for _ in range(6):
+            trainer.train_step(next(trainer.dataloader_train))
+        trainer.run_preference_round()  # a new round (hooks switched on and off) changes nothing compiled
+        trainer.network.train()
+        for _ in range(2):
+            trainer.train_step(next(trainer.dataloader_train))
+        assert counter.frame_count <= 2, counter.frame_count
+        assert trainer.mapo_step_stats and all(math.isfinite(float(s["mapo_dpo_loss"])) for s in
+                                               trainer.mapo_step_stats)
+    finally:
+        trainer.network = trainer.network._orig_mod
+        trainer.on_train_end()
+        torch._dynamo.reset()

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 import torch
 
 from nnunetv2_mapo.commands.synthetic import write_synthetic_dataset
-from nnunetv2_mapo.commands.workspace import CommandFailed, Workspace, copy_raw_dataset
+from nnunetv2_mapo.commands.workspace import CommandFailed, Workspace, copy_raw_dataset, nnunet_command
 
 pytestmark = pytest.mark.e2e
 
@@ -159,8 +159,8 @@ def test_sigkill_mid_training_then_resume(ws2d: Workspace) -> None:
                 "mapo_warmup_epochs": 1, "mapo_regen_every": 2, "save_every": 1}
     fold_dir = ws2d.output_folder(901, "nnUNetTrainerMAPO", "2d", 3)
     env = ws2d.environment({"nnUNet_mapo_config": json.dumps(settings), "nnUNet_n_proc_DA": "0"})
-    process = subprocess.Popen(["nnUNetv2_train", "901", "2d", "3", "-tr", "nnUNetTrainerMAPO", "-device", "cpu"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [nnunet_command("nnUNetv2_train"), "901", "2d", "3", "-tr", "nnUNetTrainerMAPO", "-device", "cpu"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         os.makedirs(fold_dir, exist_ok=True)
         _wait_for(fold_dir, "MAPO round 1 (epoch 3)", process, timeout=240)  # killed in a round, mid-epoch 3
