@@ -22,8 +22,10 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# Two workers (one test module each at a time): much of an end-to-end test is nnU-Net's single-threaded start-up,
+# planning and export, which the other worker's training overlaps.
 test: setup lint
-	cd tests && ../$(BIN)/pytest -q -p no:cacheprovider .
+	cd tests && ../$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile .
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_run

@@ -3,5 +3,6 @@
 from nnunetv2_mapo.training.trainer import *  # noqa: F401,F403
 from nnunetv2_mapo.training.variants.dropout import *  # noqa: F401,F403
 from nnunetv2_mapo.training.variants.networks import *  # noqa: F401,F403
+from nnunetv2_mapo.training.variants.pairs import *  # noqa: F401,F403
 from nnunetv2_mapo.training.variants.preference_loss import *  # noqa: F401,F403
 from nnunetv2_mapo.training.variants.schedule import *  # noqa: F401,F403

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Any
@@ -58,6 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=None, help="sub-folder of WORKDIR/benchmarks (default: from the settings)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing; rewrite the results from the finished trainings")
+    parser.add_argument("--train-cases", type=int, default=None,
+                        help="low-data protocol: train on N cases (fixed draw) and hold out all the others as the "
+                             "test set, predicted by nnU-Net's final validation (fold 0; a workdir of its own)")
+    parser.add_argument("--split-file", default=None,
+                        help="the same with a given split: JSON {\"train\": [...], \"val\": [...]} or nnU-Net's "
+                             "splits_final.json layout (its first fold)")
 
 
 def spec_from_args(args: argparse.Namespace) -> BenchmarkSpec:
@@ -77,7 +84,8 @@ def spec_from_args(args: argparse.Namespace) -> BenchmarkSpec:
         batch_size=args.batch_size, shared_warmup_epochs=args.shared_warmup_epochs,
         single_warmup=args.single_warmup, raw_source=args.raw_source,
         settings=parse_settings(args.settings), mapo_trainer=args.mapo_trainer, device=device,
-        save_every=args.save_every, name=args.name, report_only=args.report_only)
+        save_every=args.save_every, name=args.name, report_only=args.report_only, train_cases=args.train_cases,
+        split_file=None if args.split_file is None else os.path.abspath(args.split_file))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,6 +25,20 @@ def format_stat(stat: Mapping[str, Any], fmt: str) -> str:
     return text
 
 
+def paired_lines(paired: Mapping[str, Mapping[str, Mapping[str, Any]]], baseline: str, other: str) -> list[str]:
+    """The paired per-case comparison table of each fold (:mod:`nnunetv2_mapo.benchmark.paired`)."""
+    lines = []
+    for fold, metrics in paired.items():
+        lines += ["", f"Paired per-case differences, {other} - {baseline}, fold {fold} (mean over seeds and cases, "
+                      f"95% hierarchical bootstrap interval over seeds and cases; wins: seeds whose mean is better):",
+                  "", "| metric | difference | 95% interval | relative | seed wins | cases |",
+                  "|---|---|---|---|---|---|"]
+        for metric, c in metrics.items():
+            lines.append(f"| {metric} | {c['mean_difference']:+.4f} | [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | "
+                         f"{c['relative']:+.1%} | {c['seed_wins']}/{c['seeds']} | {c['cases']} |")
+    return lines
+
+
 def format_table(results: Mapping[str, Any]) -> str:
     """The markdown report: summary table with ratios, notes, per-run table.
 
@@ -56,6 +70,7 @@ def format_table(results: Mapping[str, Any]) -> str:
         ratio_fmt = "{:.3f}"
         lines.append(f"| {label} | {format_stat(summary[baseline][key], fmt)} | {format_stat(summary[mapo][key], fmt)} "
                      f"| {format_stat(ratios[key], ratio_fmt)} |")
+    lines += paired_lines(results.get("paired", {}), baseline, mapo)
     warmups = results.get("warmups", [])
     lines += [
         "",

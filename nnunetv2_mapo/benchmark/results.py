@@ -8,6 +8,7 @@ import platform
 from collections.abc import Mapping
 from typing import Any
 
+from nnunetv2_mapo.benchmark.paired import compare
 from nnunetv2_mapo.benchmark.plots import plot_curves, plot_metrics
 from nnunetv2_mapo.benchmark.process import _invocation_totals, _read_json, _write_json
 from nnunetv2_mapo.benchmark.report import format_table
@@ -63,6 +64,23 @@ def run_record(folder: str, trainer: str, seed: int, fold: int, first_epoch: int
     if baseline:
         record["preference_seconds"] = record["preference_share"] = None
     return record
+
+
+def paired_comparison(runs: list[dict[str, Any]], baseline: str, other: str) -> dict[str, dict]:
+    """Per fold, the paired per-case comparison of ``other`` against ``baseline`` over the seeds where both finished
+    (:func:`nnunetv2_mapo.benchmark.paired.compare`, Dice, HD95, ASD and NSD); folds hold different cases, so each
+    fold is compared on its own."""
+    by_key = {(r["trainer"], r["seed"], r["fold"]): r for r in runs}
+    result = {}
+    for fold in sorted({f for (_, _, f) in by_key}):
+        seeds = sorted(s for (t, s, f) in by_key if t == other and f == fold and (baseline, s, fold) in by_key)
+        if not seeds:
+            continue
+        summaries = {(t, s): _read_json(os.path.join(by_key[(t, s, fold)]["output_folder"], EVALUATION_FILE))
+                     for t in (other, baseline) for s in seeds}
+        result[str(fold)] = compare([summaries[(other, s)] for s in seeds], [summaries[(baseline, s)] for s in seeds],
+                                    METRICS)
+    return result
 
 
 def environment_record() -> dict[str, Any]:

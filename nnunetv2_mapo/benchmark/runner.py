@@ -14,7 +14,7 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from typing import Any
 
 from nnunetv2_mapo.benchmark.dataset import locate_dataset
@@ -33,6 +33,7 @@ from nnunetv2_mapo.benchmark.results import (
     EVALUATION_FILE,
     environment_record,
     load_checkpoint,
+    paired_comparison,
     run_record,
     write_outputs,
 )
@@ -46,9 +47,11 @@ from nnunetv2_mapo.benchmark.spec import (
     BenchmarkInputError,
     BenchmarkSpec,
     benchmark_name,
+    check_same_benchmark,
     trainer_settings,
     validate_spec,
 )
+from nnunetv2_mapo.benchmark.split import install_split, split_for
 from nnunetv2_mapo.benchmark.stats import paired_ratios, summarize
 from nnunetv2_mapo.commands.workspace import CommandFailed, NNUNetCommandNotFound, Workspace, nnunet_command
 from nnunetv2_mapo.training.checkpointing import atomic_path, initial_trainer_state, write_state
@@ -138,14 +141,8 @@ class Benchmark:
         self.folder = os.path.join(workspace.root, "benchmarks", spec.name or benchmark_name(spec, self.dataset_name))
         spec_file = os.path.join(self.folder, SPEC_FILE)
         if os.path.isfile(spec_file):
-            earlier = _read_json(spec_file)
-            absent = {f.name: f.default for f in fields(BenchmarkSpec)}  # keys added later: their default then
-            differ = {k: (earlier.get(k, absent[k]), v) for k, v in spec.comparable().items()
-                      if earlier.get(k, absent[k]) != v}
-            if differ:
-                raise BenchmarkInputError(
-                    f"{self.folder} holds a benchmark with other settings (earlier, now): {differ}. Use another "
-                    f"--name or --workdir, or the earlier settings.")
+            check_same_benchmark(spec_file, spec, self.folder)
+        split = split_for(spec.train_cases, spec.split_file, os.path.join(workspace.raw, self.dataset_name))
         splits_file = os.path.join(dataset_pre, "splits_final.json")
         count = len(_read_json(splits_file)) if os.path.isfile(splits_file) else 5  # nnU-Net's default: 5 folds
         if any(f >= count for f in spec.folds):
@@ -164,6 +161,8 @@ class Benchmark:
             except CommandFailed as err:
                 raise BenchmarkFailed(str(err)) from err
             check_configuration(_read_json(plans_file), spec.configuration, plans_file)
+            if split is not None and install_split(dataset_pre, split):
+                self.step(f"split: {len(split['train'])} training cases, {len(split['val'])} held out (fold 0)")
             if spec.batch_size is not None:
                 identifier = write_plans_variant(dataset_pre, spec.configuration, spec.batch_size)
                 self.step(f"plans variant {identifier}.json (batch size {spec.batch_size}, same preprocessed data)")
@@ -350,6 +349,7 @@ class Benchmark:
             "trainers": list(self.trainers), "baseline_note": "nnUNetTrainer + budget overrides only",
             "summary": summarize(runs, self.trainers),
             "ratios": paired_ratios(runs, *self.trainers),
+            "paired": paired_comparison(runs, *self.trainers),
             "runs": runs, "warmups": warmups, "missing": missing,
             "environment": environment_record(),
             "written": datetime.datetime.now().isoformat(timespec="seconds"),

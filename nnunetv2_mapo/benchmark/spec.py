@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from nnunetv2_mapo.training.settings import MAPOConfigError, parse_config_source
@@ -54,6 +54,9 @@ class BenchmarkSpec:
         save_every: Epochs between nnU-Net's ``checkpoint_latest.pth`` (what an interrupted training resumes from).
         name: Sub-folder of ``workdir/benchmarks`` (default: derived from dataset, configuration and budget).
         report_only: Train nothing; summarise what is finished on disk.
+        train_cases: A low-data split (:mod:`nnunetv2_mapo.benchmark.split`): train on this many cases (drawn with a
+            fixed seed) and hold out all the others as the test set (fold 0 only).
+        split_file: The same with a given split (``{"train": [...], "val": [...]}`` or nnU-Net's layout).
     """
 
     dataset_id: int
@@ -74,6 +77,8 @@ class BenchmarkSpec:
     save_every: int = 5
     name: str | None = None
     report_only: bool = False
+    train_cases: int | None = None
+    split_file: str | None = None
 
     @property
     def plans_identifier(self) -> str:
@@ -88,12 +93,28 @@ class BenchmarkSpec:
     def comparable(self) -> dict[str, Any]:
         """The fields that define the results (not seeds, folds, paths): a re-run must match them."""
         keep = ("dataset_id", "configuration", "epochs", "iterations", "val_iterations", "batch_size",
-                "shared_warmup_epochs", "single_warmup", "settings", "mapo_trainer", "device")
+                "shared_warmup_epochs", "single_warmup", "settings", "mapo_trainer", "device", "train_cases",
+                "split_file")
         return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k in keep}))
 
     def warmup_seed(self, seed: int) -> int:
         """The seed whose warm-up ``seed`` continues from."""
         return 0 if self.single_warmup else seed
+
+
+def check_same_benchmark(spec_file: str, spec: BenchmarkSpec, folder: str) -> None:
+    """Refuses to continue a benchmark folder whose ``spec.json`` records other settings.
+
+    Raises:
+        BenchmarkInputError: Naming each differing field (earlier, now).
+    """
+    with open(spec_file, encoding="utf-8") as handle:
+        earlier = json.load(handle)
+    absent = {f.name: f.default for f in fields(BenchmarkSpec)}  # keys added later: their default then
+    differ = {k: (earlier.get(k, absent[k]), v) for k, v in spec.comparable().items() if earlier.get(k, absent[k]) != v}
+    if differ:
+        raise BenchmarkInputError(f"{folder} holds a benchmark with other settings (earlier, now): {differ}. Use "
+                                  f"another --name or --workdir, or the earlier settings.")
 
 
 def plans_identifier(batch_size: int | None) -> str:
@@ -130,6 +151,13 @@ def validate_spec(spec: BenchmarkSpec) -> None:
     _positive("--shared-warmup-epochs", spec.shared_warmup_epochs, 0)
     if spec.batch_size is not None:
         _positive("--batch-size", spec.batch_size)
+    if spec.train_cases is not None:
+        _positive("--train-cases", spec.train_cases)
+    if spec.train_cases is not None and spec.split_file is not None:
+        raise BenchmarkInputError("Give --train-cases or --split-file, not both.")
+    if (spec.train_cases is not None or spec.split_file is not None) and tuple(spec.folds) != (0,):
+        raise BenchmarkInputError(f"--train-cases and --split-file define one split, fold 0; got folds "
+                                  f"{list(spec.folds)}.")
     if not spec.folds:
         raise BenchmarkInputError("Give at least one fold.")
     for fold in spec.folds:
@@ -217,6 +245,10 @@ def benchmark_name(spec: BenchmarkSpec, dataset_name: str) -> str:
     """The default sub-folder name: dataset, configuration, plans, budget, MAPO trainer and settings."""
     name = (f"{dataset_name}__{spec.configuration}__{spec.plans_identifier}__w{spec.shared_warmup_epochs}"
             f"{'x1' if spec.single_warmup else ''}-e{spec.epochs}-it{spec.iterations}-val{spec.val_iterations}")
+    if spec.train_cases is not None:
+        name += f"__train{spec.train_cases}"
+    if spec.split_file is not None:
+        name += f"__split-{hashlib.sha1(spec.split_file.encode()).hexdigest()[:8]}"
     if spec.mapo_trainer != DEFAULT_MAPO_TRAINER:
         name += f"__{spec.mapo_trainer}"
     if spec.settings:

@@ -14,3 +14,4 @@ The named options below are imported by the settings table as well, so this file
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "simpo", "dpop")
 REFERENCE_FREE_LOSS_TYPES = ("simpo",)  # rounds of these skip the reference pass
 DROPOUT_MODES = ("element", "channel")
+PAIRINGS = ("dropout", "ground_truth")  # y+ the best dropout hypothesis (the paper), or the ground truth

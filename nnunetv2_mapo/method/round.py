@@ -5,6 +5,7 @@ only the injected dropout differs between them), scores them by Dice against the
 pair where the Dice gap allows it, and computes the reference log-likelihoods of both masks with dropout off. That
 reference pass is also the network's own prediction, whose Dice is kept beside y+ and y- as a diagnostic: it tells
 whether the preferred dropout hypothesis is better or worse than what the network predicts without dropout.
+With ``pairing='ground_truth'`` the preferred mask is the ground truth itself, so it is never worse than the network.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from torch import nn
 
+from nnunetv2_mapo.method import PAIRINGS
 from nnunetv2_mapo.method.dropout import DropoutInjector
 from nnunetv2_mapo.method.preference_loss import disagreement_counts, mask_log_likelihoods
 from nnunetv2_mapo.method.preference_set import PreferenceSet, empty_preference_set
@@ -60,6 +62,7 @@ def generate_preference_set(
     epoch: int = 0,
     examples: RoundExamples | None = None,
     reference_pass: bool = True,
+    pairing: str = "dropout",
 ) -> PreferenceSet:
     """Runs one preference round over ``batches`` and returns the pairs it found.
 
@@ -82,10 +85,18 @@ def generate_preference_set(
         reference_pass: Run the reference pass (dropout off): it gives the reference log-likelihoods and the
             network's own prediction. Reference-free losses (SimPO) skip it: one forward pass per item less, and the
             set stores reference log-likelihoods of 0 and a network Dice of NaN.
+        pairing: ``'dropout'`` (the paper's: y+ the best hypothesis, y- the worst one at least ``pair_margin``
+            below it) or ``'ground_truth'`` (self-play style: y+ the ground truth, y- the worst hypothesis if its
+            Dice is at most ``1 - pair_margin``).
+
+    Raises:
+        ValueError: An unknown ``pairing``.
 
     Returns:
         The preference set (possibly empty), on the CPU.
     """
+    if pairing not in PAIRINGS:
+        raise ValueError(f"Unknown pairing {pairing!r}; allowed values: {list(PAIRINGS)}.")
     rates = torch.tensor(hypothesis_rates(dropout_rates, num_hypotheses))
     was_training = network.training
     network.eval()
@@ -110,9 +121,16 @@ def generate_preference_set(
                     hypotheses = logits_to_masks(logits, label_manager)
                     hypotheses = hypotheses.reshape(n, num_hypotheses, *hypotheses.shape[1:])
                     scores = mean_foreground_dice(hypotheses, reference, valid, label_manager)
-                    chosen_idx, rejected_idx, has_pair = select_pairs(scores, pair_margin)
                     items = torch.arange(n, device=device)
-                    chosen, rejected = hypotheses[items, chosen_idx], hypotheses[items, rejected_idx]
+                    if pairing == "ground_truth":  # y+ = the ground truth (Dice 1), y- = the worst hypothesis
+                        rejected_idx = scores.argmin(1)
+                        chosen = reference.to(hypotheses.dtype)
+                        chosen_scores = torch.ones(n, device=device)
+                        has_pair = scores[items, rejected_idx] <= 1.0 - pair_margin
+                    else:
+                        chosen_idx, rejected_idx, has_pair = select_pairs(scores, pair_margin)
+                        chosen, chosen_scores = hypotheses[items, chosen_idx], scores[items, chosen_idx]
+                    rejected = hypotheses[items, rejected_idx]
                     if reference_pass:
                         reference_logits = _first_output(network(data))
                         network_masks = logits_to_masks(reference_logits, label_manager).unsqueeze(1)
@@ -134,7 +152,7 @@ def generate_preference_set(
                 parts["valid"].append(None if valid is None else valid[keep].cpu())
                 parts["ref_c"].append(ref_c[keep].cpu())
                 parts["ref_r"].append(ref_r[keep].cpu())
-                parts["dice_c"].append(scores[items, chosen_idx][keep].float().cpu())
+                parts["dice_c"].append(chosen_scores[keep].float().cpu())
                 parts["dice_r"].append(scores[items, rejected_idx][keep].float().cpu())
                 parts["dice_n"].append(network_scores[keep].float().cpu())
                 parts["keys"].extend(str(k) for k, kept in zip(keys_all[start:stop], keep_cpu.tolist()) if kept)
@@ -143,7 +161,7 @@ def generate_preference_set(
                         "image": data[i].cpu(), "reference": reference[i].cpu(),
                         "network": None if network_masks is None else network_masks[i, 0].cpu(),
                         "chosen": chosen[i].cpu(), "rejected": rejected[i].cpu(), "key": str(keys_all[start + i]),
-                        "dice_network": float(network_scores[i]), "dice_chosen": float(scores[i, chosen_idx[i]]),
+                        "dice_network": float(network_scores[i]), "dice_chosen": float(chosen_scores[i]),
                         "dice_rejected": float(scores[i, rejected_idx[i]])})
     finally:
         network.train(was_training)

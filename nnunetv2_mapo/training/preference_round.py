@@ -104,7 +104,7 @@ def run_preference_round(trainer: nnUNetTrainerMAPO) -> tuple[PreferenceSet, dic
             network, find_injector(trainer.network), round_batches(trainer, keys, items_per_forward),
             trainer.label_manager, trainer.mapo_num_hypotheses, trainer.mapo_dropout_rates, trainer.mapo_pair_margin,
             items_per_forward, trainer.device, generator, trainer.mapo_round_index, trainer.current_epoch, examples,
-            reference_pass=trainer.mapo_loss_type not in REFERENCE_FREE_LOSS_TYPES)
+            reference_pass=trainer.mapo_loss_type not in REFERENCE_FREE_LOSS_TYPES, pairing=trainer.mapo_pairing)
     finally:
         np.random.set_state(numpy_state)
     preference_set = gather_preference_set(preference_set)  # all ranks end with the same set

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nnunetv2_mapo.method import DROPOUT_MODES, LOSS_TYPES
+from nnunetv2_mapo.method import DROPOUT_MODES, LOSS_TYPES, PAIRINGS
 
 ENV_VAR = "nnUNet_mapo_config"
 
@@ -66,6 +66,8 @@ MAPO_SETTINGS: tuple[Setting, ...] = (
             "'element' drops single activations, 'channel' whole feature maps"),
     Setting("mapo_pair_margin", "float", "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0, 0.05,
             "tau: the dispreferred mask's Dice must be at least this far below the best"),
+    Setting("mapo_pairing", "str", f"one of {list(PAIRINGS)}", lambda v: v in PAIRINGS, "dropout",
+            "y+ is the best dropout hypothesis ('dropout', the paper) or the ground truth ('ground_truth')"),
     Setting("mapo_beta", "float", "a number > 0", lambda v: v > 0, 0.1, "DPO temperature beta"),
     Setting("mapo_weight", "float", "a number >= 0", lambda v: v >= 0, 0.5,
             "lambda: weight of the DPO term added to Dice+CE"),

@@ -44,3 +44,10 @@ def test_format_table_has_both_trainers_ratios_and_the_baseline_note() -> None:
     assert "nnUNetTrainer` + budget overrides only" in table
     assert "Shared warm-up" in table and "30.0 s" in table
     assert table.count(f"| {MAPO} | ") == 2  # per-run rows
+    assert "Paired per-case differences" not in table  # no per-case comparison given
+
+    paired = {"0": {"Dice": {"mean_difference": 0.0123, "ci_low": 0.0021, "ci_high": 0.0234, "relative": 0.015,
+                             "seed_wins": 3, "seeds": 3, "cases": 40}}}
+    table = format_table(results | {"paired": paired})
+    assert f"{MAPO} - {BASELINE_TRAINER}, fold 0" in table
+    assert "| Dice | +0.0123 | [+0.0021, +0.0234] | +1.5% | 3/3 | 40 |" in table

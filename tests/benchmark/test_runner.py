@@ -118,7 +118,8 @@ def e2e_run(tmp_path_factory) -> dict:
     before = sorted((p, os.path.getmtime(os.path.join(d, p))) for d, _, files in os.walk(source) for p in files)
     argv = ["-d", str(E2E_ID), "-c", "2d", "-f", "0", "--epochs", "1", "--iterations", "2", "--val-iterations", "1",
             "--seeds", "1", "--shared-warmup-epochs", "1", "--batch-size", "2", "--device", "cpu",
-            "--workdir", str(root / "ws"), "--raw-source", source, "--settings", '{"mapo_cases_per_round": 4}']
+            "--workdir", str(root / "ws"), "--raw-source", source, "--settings", '{"mapo_cases_per_round": 4}',
+            "--train-cases", "7"]  # the low-data protocol: 7 cases trained on, the other 3 held out
     return {"root": root, "source": source, "before": before, "argv": argv}
 
 
@@ -135,7 +136,7 @@ def test_benchmark_end_to_end(e2e_run: dict, capsys) -> None:
     assert set(runs) == {BASELINE_TRAINER, MAPO} and not results["missing"]
     for trainer, record in runs.items():
         assert math.isfinite(record["Dice"]), trainer
-        assert "HD95" in record and "ASD" in record and record["num_cases"] == 2
+        assert "HD95" in record and "ASD" in record and record["num_cases"] == 3  # every held-out case
         assert record["peak_rss_bytes"] > 0 and record["wall_seconds"] > 0 and record["epochs"] == 1
         assert "nnUNetPlans_bs2__2d" in record["output_folder"]
         assert os.path.isfile(os.path.join(record["output_folder"], EVALUATION_FILE))
@@ -151,13 +152,20 @@ def test_benchmark_end_to_end(e2e_run: dict, capsys) -> None:
     logged_chosen = logging["mapo_dice_chosen"][1]  # NaN when the tiny round found no pair
     assert runs[MAPO]["round_dice_chosen"] == (logged_chosen if math.isfinite(logged_chosen) else None)
     assert runs[BASELINE_TRAINER]["round_dice_no_dropout"] is None
+    paired = results["paired"]["0"]  # both trainers on the same 3 held-out cases, one seed
+    assert set(paired) == {"Dice", "HD95", "ASD", "NSD"} and paired["Dice"]["seeds"] == 1
+    assert paired["Dice"]["cases"] == 3 and math.isfinite(paired["Dice"]["mean_difference"])
+    assert "split: 7 training cases, 3 held out (fold 0)" in first
     table = (folder / "results.md").read_text()
+    assert "Paired per-case differences" in table
     assert "| quantity |" in table and "MAPO / baseline" in table and "budget overrides only" in table
     dice_row = next(line for line in table.splitlines() if line.startswith("| Dice"))
     assert dice_row.count("|") == 5 and dice_row.split("|")[4].strip() not in ("", "–")
     for image in ("metrics.png", "training_curves.png"):
         assert (folder / image).stat().st_size > 1000
     plans_variant = Path(e2e_run["root"]) / "ws" / "nnUNet_preprocessed" / f"Dataset{E2E_ID}_BenchToy"
+    split = json.loads((plans_variant / "splits_final.json").read_text())
+    assert len(split) == 1 and len(split[0]["train"]) == 7 and len(split[0]["val"]) == 3
     assert json.loads((plans_variant / "nnUNetPlans_bs2.json").read_text())["configurations"]["2d"]["batch_size"] == 2
     source = e2e_run["source"]
     after = sorted((p, os.path.getmtime(os.path.join(d, p))) for d, _, files in os.walk(source) for p in files)

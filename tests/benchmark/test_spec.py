@@ -36,6 +36,9 @@ def test_trainer_settings_per_role() -> None:
     ({"settings": {"mapo_warmup_epochs": 1}, "shared_warmup_epochs": 2}, "remove mapo_warmup_epochs"),
     ({"settings": {"mapo_warmup_epochs": 4}}, "leaves no epoch"),
     ({"device": "tpu"}, "--device"),
+    ({"train_cases": 0}, "--train-cases"),
+    ({"train_cases": 5, "split_file": "split.json"}, "not both"),
+    ({"train_cases": 5, "folds": (0, 1)}, "one split, fold 0"),
 ])
 def test_validate_spec_rejects(changes: dict, message: str) -> None:
     with pytest.raises(BenchmarkInputError, match=message):

@@ -26,9 +26,9 @@ def test_trainer_module_applies_only_nnunet_keys() -> None:
     for bad in ("2", "x", "0"):
         with pytest.raises(MAPOConfigError):
             schedule_epochs(3, {"nnUNet_benchmark_schedule_epochs": bad})
-    # Otherwise exactly nnU-Net's trainer: the baseline overrides only set-up and a log line.
+    # Otherwise exactly nnU-Net's trainer: the baseline overrides only set-up and log lines (settings, GPU memory).
     assert nnUNetTrainerBenchmarkBaseline.__bases__ == (nnUNetTrainer,)
     own = {k for k, v in vars(nnUNetTrainerBenchmarkBaseline).items() if callable(v)}
-    assert own == {"__init__", "initialize", "on_train_start"}
+    assert own == {"__init__", "initialize", "on_train_start", "on_train_end"}
     assert {k for k, v in vars(nnUNetTrainerBenchmarkWarmup).items() if callable(v)} == {
         "configure_optimizers", "perform_actual_validation"}

@@ -261,3 +261,39 @@ def test_a_reference_free_round_skips_the_reference_pass(label_round):
     assert all(rows % K == 0 for rows in calls)  # only the K-hypothesis passes, no pass of the items themselves
     assert torch.equal(free.chosen, result.chosen) and torch.equal(free.rejected, result.rejected)  # same pairs
     assert torch.all(free.reference_chosen_logps == 0) and torch.isnan(free.network_dice).all()
+
+
+def test_ground_truth_pairing_prefers_the_ground_truth_over_the_worst_hypothesis(label_round):
+    network, batches, paper = label_round
+    anchored = generate(network, batches, round_index=3, epoch=17, pairing="ground_truth")
+    assert len(anchored) > 0 and torch.all(anchored.chosen_dice == 1.0)
+    targets = {key: batch["target"][row, 0].long() for batch in batches for row, key in enumerate(batch["keys"])}
+    for index, key in enumerate(anchored.keys):
+        assert torch.equal(anchored.chosen[index].long(), targets[key])  # y+ is the case's ground truth
+    assert anchored.chosen.dtype == paper.chosen.dtype
+    assert (anchored.rejected_dice <= 1.0 - 0.05 + 1e-6).all()
+    # y- is the worst of the same K hypotheses (same seed: the same dropout masks as the paper's round)
+    shared = [key for key in anchored.keys if key in paper.keys]
+    assert shared
+    for key in shared:
+        assert torch.equal(anchored.rejected[anchored.keys.index(key)], paper.rejected[paper.keys.index(key)])
+    ref_c, ref_r, _ = mask_log_likelihoods(clean_logits(network, anchored.images.float()), anchored.chosen,
+                                           anchored.rejected)
+    torch.testing.assert_close(anchored.reference_chosen_logps, ref_c, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(anchored.reference_rejected_logps, ref_r, atol=1e-4, rtol=1e-5)
+
+
+def test_ground_truth_pairing_with_ignore_label_and_regions():
+    network = tiny_unet()
+    batches = label_batches(network, ignore=True)
+    anchored = generate(network, batches, label_manager=LABELS_IGNORE, pairing="ground_truth")
+    assert len(anchored) > 0 and int(anchored.chosen.max()) < 3  # the ignore label never becomes a preferred label
+    region_network = tiny_unet(num_classes=2)
+    regions = generate(region_network, region_batches(region_network), label_manager=REGIONS, pairing="ground_truth")
+    assert len(regions) > 0 and regions.chosen.dtype == torch.bool
+
+
+def test_an_unknown_pairing_is_refused(label_round):
+    network, batches, _ = label_round
+    with pytest.raises(ValueError, match="allowed values"):
+        generate(network, batches, pairing="best_of_k")

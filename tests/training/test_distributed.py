@@ -46,7 +46,7 @@ pytestmark = pytest.mark.usefixtures("mapo_single_thread")
 
 WORLD_SIZE = 2
 COLLECTIVE_TIMEOUT_S = 30  # a rank left waiting in a collective fails after this
-RUN_TIMEOUT_S = 240  # the whole spawn; the processes are killed after it
+RUN_TIMEOUT_S = 480  # the whole spawn; the processes are killed after it
 LABELS = LabelManager({"background": 0, "a": 1, "b": 2}, regions_class_order=None)
 CPU = torch.device("cpu")
 SIZE, K, RATES, MARGIN, SEED = 16, 4, (0.2, 0.4, 0.6), 0.02, 12345

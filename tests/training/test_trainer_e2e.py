@@ -163,7 +163,7 @@ def test_sigkill_mid_training_then_resume(ws2d: Workspace) -> None:
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         os.makedirs(fold_dir, exist_ok=True)
-        _wait_for(fold_dir, "MAPO round 1 (epoch 3)", process, timeout=240)  # killed in a round, mid-epoch 3
+        _wait_for(fold_dir, "MAPO round 1 (epoch 3)", process, timeout=600)  # killed in a round, mid-epoch 3
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -217,14 +217,18 @@ def test_hippocampus_few_cases(tmp_path: Path) -> None:
     assert set(summary["mean"]) == {"1", "2"}
 
 
-@pytest.mark.parametrize(("trainer", "loss_type"), [("nnUNetTrainerMAPO_SimPO", "simpo"),
-                                                    ("nnUNetTrainerMAPO_DPOP", "dpop")])
-def test_preference_loss_variants_train_end_to_end(ws2d: Workspace, trainer: str, loss_type: str) -> None:
+@pytest.mark.parametrize(("trainer", "setting", "value"), [("nnUNetTrainerMAPO_SimPO", "mapo_loss_type", "simpo"),
+                                                            ("nnUNetTrainerMAPO_DPOP", "mapo_loss_type", "dpop"),
+                                                            ("nnUNetTrainerMAPO_GTAnchored", "mapo_pairing",
+                                                             "ground_truth")])
+def test_loss_and_pair_variants_train_end_to_end(ws2d: Workspace, trainer: str, setting: str, value: str) -> None:
     output = ws2d.train(901, "2d", 4, trainer, "cpu", TINY | {"num_epochs": 2, "mapo_regen_every": 1})
     fold = ws2d.output_folder(901, trainer, "2d", 4)
-    assert json.load(open(os.path.join(fold, "mapo_config.json")))["settings"]["mapo_loss_type"] == loss_type
+    assert json.load(open(os.path.join(fold, "mapo_config.json")))["settings"][setting] == value
     assert "MAPO round 0 (epoch 1)" in output
     logging = _checkpoint(os.path.join(fold, "checkpoint_final.pth"))["logging"]
     assert all(math.isfinite(v) for v in logging["mapo_dpo_loss"][1:])  # the term is active after the warm-up
     no_dropout = logging["mapo_dice_no_dropout"][1]  # the round's Dice of the network's own prediction
-    assert math.isnan(no_dropout) if loss_type == "simpo" else math.isfinite(no_dropout)  # SimPO: no reference pass
+    if value == "ground_truth":
+        assert logging["mapo_dice_chosen"][1] == 1.0  # y+ is the ground truth
+    assert math.isnan(no_dropout) if value == "simpo" else math.isfinite(no_dropout)  # SimPO: no reference pass
