@@ -4,7 +4,13 @@ For every repetition ("seed") and fold the benchmark trains, through nnU-Net's r
 
 * the baseline, :class:`~nnunetv2_mapo.benchmark.trainers.nnUNetTrainerBenchmarkBaseline`: ``nnUNetTrainer`` with
   the budget (epochs, iterations) applied from ``nnUNet_mapo_config`` and nothing else changed;
-* the MAPO trainer (``nnUNetTrainerMAPO`` or a variant), with the same budget and the MAPO settings.
+* the MAPO trainer (``nnUNetTrainerMAPO`` or a variant), with the same budget and the MAPO settings;
+* with ``--equal-compute``, :class:`~nnunetv2_mapo.benchmark.trainers.nnUNetTrainerBenchmarkEqualCompute`: the
+  baseline with MAPO's extra sample-passes as extra iterations per epoch (:mod:`.compute`).
+
+With ``--train-cases N`` (or ``--split-file``) the split is a low-data one: N training cases, all others held out and
+predicted by nnU-Net's final validation (:mod:`.split`). ``results.md`` adds the paired per-case differences with a
+hierarchical bootstrap interval (:mod:`.paired`).
 
 nnU-Net's final validation predicts the fold's validation cases into ``fold_X/validation/``; they are evaluated with
 :func:`nnunetv2_mapo.evaluation.folder.evaluate_folder` (nnU-Net's Dice plus HD95, ASD and NSD) against
@@ -36,6 +42,8 @@ benchmark's process, whose own peak would otherwise be counted (see :func:`run_p
 Modules:
 
 - :mod:`.spec`: what to run, and its checks before any training
+- :mod:`.split`, :mod:`.compute`, :mod:`.paired`: the low-data split, the equal-compute arm's iterations, the paired
+  per-case statistics
 - :mod:`.dataset`, :mod:`.plans`: the dataset in the workspace, plans variants (batch size)
 - :mod:`.process`: running ``nnUNetv2_train`` with wall time and peak memory
 - :mod:`.runner`: the benchmark itself: warm-up, trainings, evaluation

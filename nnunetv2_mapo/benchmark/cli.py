@@ -59,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=None, help="sub-folder of WORKDIR/benchmarks (default: from the settings)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing; rewrite the results from the finished trainings")
+    parser.add_argument("--equal-compute", action="store_true",
+                        help="also train nnUNetTrainer with MAPO's extra sample-passes (pair rows, rounds) as extra "
+                             "iterations per epoch, so that a gain cannot be just more compute")
     parser.add_argument("--train-cases", type=int, default=None,
                         help="low-data protocol: train on N cases (fixed draw) and hold out all the others as the "
                              "test set, predicted by nnU-Net's final validation (fold 0; a workdir of its own)")
@@ -85,7 +88,8 @@ def spec_from_args(args: argparse.Namespace) -> BenchmarkSpec:
         single_warmup=args.single_warmup, raw_source=args.raw_source,
         settings=parse_settings(args.settings), mapo_trainer=args.mapo_trainer, device=device,
         save_every=args.save_every, name=args.name, report_only=args.report_only, train_cases=args.train_cases,
-        split_file=None if args.split_file is None else os.path.abspath(args.split_file))
+        split_file=None if args.split_file is None else os.path.abspath(args.split_file),
+        equal_compute=args.equal_compute)
 
 
 def run(args: argparse.Namespace) -> int:

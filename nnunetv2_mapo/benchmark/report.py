@@ -50,9 +50,10 @@ def format_table(results: Mapping[str, Any]) -> str:
         Markdown text.
     """
     spec = results["spec"]
-    baseline, mapo = results["trainers"]
+    baseline, *equal, mapo = results["trainers"]  # the equal-compute arm, when run, sits between them
     summary, ratios, runs = results["summary"], results["ratios"], results["runs"]
-    counts = {t: sum(1 for r in runs if r["trainer"] == t) for t in (baseline, mapo)}
+    counts = {t: sum(1 for r in runs if r["trainer"] == t) for t in results["trainers"]}
+    equal_head = "".join(f" equal compute: {t} (n={counts[t]}) |" for t in equal)
     lines = [
         f"# Benchmark: {results['dataset']} {spec['configuration']}, folds {spec['folds']}, {spec['seeds']} seed(s)",
         "",
@@ -60,17 +61,23 @@ def format_table(results: Mapping[str, Any]) -> str:
         f"validation iterations per epoch), plans `{results['plans_identifier']}` (batch size "
         f"{results['batch_size']}), device {spec['device']}"
         + (f", after a shared warm-up of {_epochs(spec['shared_warmup_epochs'])}." if spec["shared_warmup_epochs"]
-           else ", no shared warm-up."),
+           else ", no shared warm-up.")
+        + (f" The equal-compute arm trains {results.get('equal_compute_iterations')} iterations per epoch: MAPO's "
+           f"extra sample-passes (pair rows; rounds' forward passes at a third of a training pass)." if equal else ""),
         "",
-        f"| quantity | baseline: {baseline} (n={counts[baseline]}) | MAPO: {mapo} (n={counts[mapo]}) "
-        f"| MAPO / baseline |",
-        "|---|---|---|---|",
+        f"| quantity | baseline: {baseline} (n={counts[baseline]}) |{equal_head} MAPO: {mapo} (n={counts[mapo]}) "
+        f"| MAPO / baseline |" + (" MAPO / equal compute |" if equal else ""),
+        "|---|---|---|---|" + ("---|---|" if equal else ""),
     ]
     for key, label, fmt in QUANTITIES:
         ratio_fmt = "{:.3f}"
-        lines.append(f"| {label} | {format_stat(summary[baseline][key], fmt)} | {format_stat(summary[mapo][key], fmt)} "
-                     f"| {format_stat(ratios[key], ratio_fmt)} |")
+        cells = [format_stat(summary[t][key], fmt) for t in results["trainers"]] + [format_stat(ratios[key], ratio_fmt)]
+        if equal:
+            cells.append(format_stat(results["ratios_equal_compute"][key], ratio_fmt))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += paired_lines(results.get("paired", {}), baseline, mapo)
+    for arm in equal:
+        lines += paired_lines(results.get("paired_equal_compute", {}), arm, mapo)
     warmups = results.get("warmups", [])
     lines += [
         "",

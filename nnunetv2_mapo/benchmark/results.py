@@ -66,6 +66,31 @@ def run_record(folder: str, trainer: str, seed: int, fold: int, first_epoch: int
     return record
 
 
+def planned_batch_size(plans_file: str, spec: Any) -> int | None:
+    """The batch size the trainings use: ``--batch-size``, else the plans' (None before planning)."""
+    if spec.batch_size is not None or not os.path.isfile(plans_file):
+        return spec.batch_size
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    return PlansManager(plans_file).get_configuration(spec.configuration).batch_size
+
+
+def evaluate_training(gt_folder: str, fold_folder: str) -> dict[str, Any]:
+    """Evaluates nnU-Net's final validation predictions of a training (``fold/validation``) into
+    ``fold/benchmark_summary.json``; returns the foreground means with ``cases``, the number of cases."""
+    import contextlib
+    import io
+
+    from nnunetv2_mapo.evaluation.folder import evaluate_folder
+
+    output_base = os.path.dirname(fold_folder)
+    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints which reader it uses
+        summary = evaluate_folder(gt_folder, os.path.join(fold_folder, "validation"),
+                                  os.path.join(output_base, "dataset.json"), os.path.join(output_base, "plans.json"),
+                                  os.path.join(fold_folder, EVALUATION_FILE), 1)
+    return {**summary["foreground_mean"], "cases": len(summary["metric_per_case"])}
+
+
 def paired_comparison(runs: list[dict[str, Any]], baseline: str, other: str) -> dict[str, dict]:
     """Per fold, the paired per-case comparison of ``other`` against ``baseline`` over the seeds where both finished
     (:func:`nnunetv2_mapo.benchmark.paired.compare`, Dice, HD95, ASD and NSD); folds hold different cases, so each

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import glob
-import io
 import json
 import math
 import os
@@ -17,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
+from nnunetv2_mapo.benchmark.compute import equal_compute_iterations
 from nnunetv2_mapo.benchmark.dataset import locate_dataset
 from nnunetv2_mapo.benchmark.lookup import find_trainer_class, with_benchmark_trainers
 from nnunetv2_mapo.benchmark.plans import check_configuration, write_plans_variant
@@ -32,14 +31,17 @@ from nnunetv2_mapo.benchmark.report import _epochs
 from nnunetv2_mapo.benchmark.results import (
     EVALUATION_FILE,
     environment_record,
+    evaluate_training,
     load_checkpoint,
     paired_comparison,
+    planned_batch_size,
     run_record,
     write_outputs,
 )
 from nnunetv2_mapo.benchmark.spec import (
     BASELINE_TRAINER,
     DEFAULT_PLANS,
+    EQUAL_COMPUTE_TRAINER,
     SPEC_FILE,
     STANDARD_CONFIGURATIONS,
     WARMUP_TRAINER,
@@ -51,7 +53,7 @@ from nnunetv2_mapo.benchmark.spec import (
     trainer_settings,
     validate_spec,
 )
-from nnunetv2_mapo.benchmark.split import install_split, split_for
+from nnunetv2_mapo.benchmark.split import dataset_cases, install_split, split_for
 from nnunetv2_mapo.benchmark.stats import paired_ratios, summarize
 from nnunetv2_mapo.commands.workspace import CommandFailed, NNUNetCommandNotFound, Workspace, nnunet_command
 from nnunetv2_mapo.training.checkpointing import atomic_path, initial_trainer_state, write_state
@@ -79,6 +81,7 @@ class Benchmark:
         self.workspace: Workspace | None = None
         self.dataset_name = ""
         self.folder = ""
+        self.equal_compute_iterations: int | None = None
 
     # -------------------------------------------------------------------------------------------- helpers
     def step(self, message: str) -> None:
@@ -86,9 +89,14 @@ class Benchmark:
         print(f"[{time.monotonic() - self.started:8.1f} s] {message}", file=self.out, flush=True)
 
     @property
-    def trainers(self) -> tuple[str, str]:
-        """``(baseline, MAPO trainer)``."""
-        return BASELINE_TRAINER, self.spec.mapo_trainer
+    def trainers(self) -> tuple[str, ...]:
+        """``(baseline, MAPO trainer)``, or ``(baseline, equal-compute arm, MAPO trainer)``."""
+        equal = (EQUAL_COMPUTE_TRAINER,) if self.spec.equal_compute else ()
+        return (BASELINE_TRAINER, *equal, self.spec.mapo_trainer)
+
+    def role(self, trainer: str) -> str:
+        """The trainer's role for :func:`trainer_settings`."""
+        return {BASELINE_TRAINER: "baseline", EQUAL_COMPUTE_TRAINER: "equal_compute"}.get(trainer, "mapo")
 
     def results_root(self, seed: int) -> str:
         """The ``nnUNet_results`` folder of one repetition."""
@@ -166,6 +174,12 @@ class Benchmark:
             if spec.batch_size is not None:
                 identifier = write_plans_variant(dataset_pre, spec.configuration, spec.batch_size)
                 self.step(f"plans variant {identifier}.json (batch size {spec.batch_size}, same preprocessed data)")
+        if spec.equal_compute:
+            cases = split["train"] if split else dataset_cases(os.path.join(workspace.raw, self.dataset_name))
+            batch_size = planned_batch_size(os.path.join(dataset_pre, spec.plans_identifier + ".json"), spec)
+            self.equal_compute_iterations = equal_compute_iterations(  # nnU-Net's 5-fold split trains on ~80%
+                spec.total_epochs, spec.shared_warmup_epochs, spec.iterations, batch_size or 2,
+                len(cases) if split else len(cases) - len(cases) // 5, trainer_settings(spec, "mapo", 0))
 
     def _check_trainers(self) -> None:
         from nnunetv2_mapo.training.trainer import nnUNetTrainerMAPO
@@ -266,20 +280,12 @@ class Benchmark:
         return True
 
     def _evaluate(self, seed: int, fold: int, trainer: str) -> None:
-        from nnunetv2_mapo.evaluation.folder import evaluate_folder
-
         assert self.workspace is not None
-        fold_folder = self.fold_folder(seed, trainer, fold)
-        output_base = os.path.dirname(fold_folder)
         self.step(f"seed {seed} fold {fold}: evaluating {trainer} (Dice, HD95, ASD, NSD)")
-        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints which reader it uses
-            summary = evaluate_folder(
-                os.path.join(self.workspace.preprocessed, self.dataset_name, "gt_segmentations"),
-                os.path.join(fold_folder, "validation"), os.path.join(output_base, "dataset.json"),
-                os.path.join(output_base, "plans.json"), os.path.join(fold_folder, EVALUATION_FILE), 1)
-        fg = summary["foreground_mean"]
+        fg = evaluate_training(os.path.join(self.workspace.preprocessed, self.dataset_name, "gt_segmentations"),
+                               self.fold_folder(seed, trainer, fold))
         self.step(f"seed {seed} fold {fold}: {trainer}: Dice {fg['Dice']:.4f}, HD95 {fg.get('HD95', math.nan):.2f}, "
-                  f"ASD {fg.get('ASD', math.nan):.3f} ({len(summary['metric_per_case'])} cases)")
+                  f"ASD {fg.get('ASD', math.nan):.3f} ({fg['cases']} cases)")
 
     def run_pair(self, seed: int, fold: int) -> None:
         """Warm-up (if any), both trainings and their evaluation for one seed and fold; finished steps are skipped."""
@@ -292,20 +298,21 @@ class Benchmark:
         if not pending:
             return
         warmup_checkpoint = None
-        if spec.shared_warmup_epochs and any(
-                not self.trained(folders[t]) and self._needs_start(folders[t], t != BASELINE_TRAINER) for t in pending):
+        if spec.shared_warmup_epochs and any(not self.trained(folders[t]) and self._needs_start(
+                folders[t], self.role(t) == "mapo") for t in pending):
             warmup_checkpoint = self._warmup(seed, fold)
         for trainer in pending:
-            folder = folders[trainer]
-            role = "baseline" if trainer == BASELINE_TRAINER else "mapo"
+            folder, role = folders[trainer], self.role(trainer)
             if not self.trained(folder):
                 if warmup_checkpoint and self._needs_start(folder, role == "mapo"):
                     self._start_from_warmup(warmup_checkpoint, folder, role == "mapo", seed)
                     self.step(f"seed {seed} fold {fold}: {trainer} starts from the shared warm-up checkpoint")
-                what = "the baseline" if role == "baseline" else "MAPO"
+                what = {"baseline": "the baseline", "mapo": "MAPO"}.get(
+                    role, f"the equal-compute arm ({self.equal_compute_iterations} iterations per epoch)")
                 if spec.shared_warmup_epochs:
                     what += f" (continues after the shared warm-up of {_epochs(spec.shared_warmup_epochs)})"
-                self._train(seed, fold, trainer, trainer_settings(spec, role, seed), what)
+                iterations = self.equal_compute_iterations if role == "equal_compute" else None
+                self._train(seed, fold, trainer, trainer_settings(spec, role, seed, iterations), what)
                 if not self.trained(folder):
                     raise BenchmarkFailed(f"{trainer} (seed {seed}, fold {fold}) ended without checkpoint_final.pth "
                                           f"and validation/summary.json in {folder}; see "
@@ -318,7 +325,7 @@ class Benchmark:
         folder = self.fold_folder(seed, trainer, fold)
         if not self.finished(folder):
             return None
-        return run_record(folder, trainer, seed, fold, self.spec.shared_warmup_epochs, trainer == BASELINE_TRAINER)
+        return run_record(folder, trainer, seed, fold, self.spec.shared_warmup_epochs, self.role(trainer) != "mapo")
 
     def collect_results(self) -> dict[str, Any]:
         """Reads every finished training of the requested seeds and folds; summary and ratios."""
@@ -336,20 +343,19 @@ class Benchmark:
                     wall, rss, _ = _invocation_totals(self.fold_folder(seed, WARMUP_TRAINER, fold))
                     if wall is not None:
                         warmups.append({"seed": seed, "fold": fold, "wall_seconds": wall, "peak_rss_bytes": rss})
-        batch_size = spec.batch_size
-        plans_file = os.path.join(self.workspace.preprocessed if self.workspace else "", self.dataset_name,
-                                  spec.plans_identifier + ".json")
-        if batch_size is None and os.path.isfile(plans_file):
-            from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-            batch_size = PlansManager(plans_file).get_configuration(spec.configuration).batch_size
+        batch_size = planned_batch_size(os.path.join(self.workspace.preprocessed if self.workspace else "",
+                                                     self.dataset_name, spec.plans_identifier + ".json"), spec)
         return {
             "spec": {**asdict(spec), "folds": list(spec.folds)},
             "dataset": self.dataset_name, "plans_identifier": spec.plans_identifier, "batch_size": batch_size,
             "trainers": list(self.trainers), "baseline_note": "nnUNetTrainer + budget overrides only",
             "summary": summarize(runs, self.trainers),
-            "ratios": paired_ratios(runs, *self.trainers),
-            "paired": paired_comparison(runs, *self.trainers),
+            "ratios": paired_ratios(runs, BASELINE_TRAINER, spec.mapo_trainer),
+            "paired": paired_comparison(runs, BASELINE_TRAINER, spec.mapo_trainer),
+            **({"equal_compute_iterations": self.equal_compute_iterations,
+                "ratios_equal_compute": paired_ratios(runs, EQUAL_COMPUTE_TRAINER, spec.mapo_trainer),
+                "paired_equal_compute": paired_comparison(runs, EQUAL_COMPUTE_TRAINER, spec.mapo_trainer)}
+               if spec.equal_compute else {}),
             "runs": runs, "warmups": warmups, "missing": missing,
             "environment": environment_record(),
             "written": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -380,18 +386,5 @@ class Benchmark:
 
 
 def run_benchmark(spec: BenchmarkSpec, out: Any = None) -> dict[str, Any]:
-    """Runs a benchmark (see the module docstring).
-
-    Args:
-        spec: What to run.
-        out: Stream for the progress lines (default stdout).
-
-    Returns:
-        The results, as written to ``results.json``, plus ``paths`` of the written files.
-
-    Raises:
-        BenchmarkInputError: Bad input, found before any training.
-        BenchmarkFailed: An nnU-Net command failed.
-        KeyboardInterrupt: Interrupted; the same command continues.
-    """
+    """Runs a benchmark: :meth:`Benchmark.run` (progress lines to ``out``, default stdout); same returns and raises."""
     return Benchmark(spec, out).run()

@@ -11,6 +11,7 @@ from typing import Any
 from nnunetv2_mapo.training.settings import MAPOConfigError, parse_config_source
 
 BASELINE_TRAINER = "nnUNetTrainerBenchmarkBaseline"
+EQUAL_COMPUTE_TRAINER = "nnUNetTrainerBenchmarkEqualCompute"
 WARMUP_TRAINER = "nnUNetTrainerBenchmarkWarmup"
 DEFAULT_MAPO_TRAINER = "nnUNetTrainerMAPO"
 DEFAULT_PLANS = "nnUNetPlans"
@@ -57,6 +58,8 @@ class BenchmarkSpec:
         train_cases: A low-data split (:mod:`nnunetv2_mapo.benchmark.split`): train on this many cases (drawn with a
             fixed seed) and hold out all the others as the test set (fold 0 only).
         split_file: The same with a given split (``{"train": [...], "val": [...]}`` or nnU-Net's layout).
+        equal_compute: Also train the equal-compute arm: the baseline with MAPO's extra sample-passes as extra
+            iterations per epoch (:mod:`nnunetv2_mapo.benchmark.compute`).
     """
 
     dataset_id: int
@@ -79,6 +82,7 @@ class BenchmarkSpec:
     report_only: bool = False
     train_cases: int | None = None
     split_file: str | None = None
+    equal_compute: bool = False
 
     @property
     def plans_identifier(self) -> str:
@@ -94,7 +98,7 @@ class BenchmarkSpec:
         """The fields that define the results (not seeds, folds, paths): a re-run must match them."""
         keep = ("dataset_id", "configuration", "epochs", "iterations", "val_iterations", "batch_size",
                 "shared_warmup_epochs", "single_warmup", "settings", "mapo_trainer", "device", "train_cases",
-                "split_file")
+                "split_file", "equal_compute")
         return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k in keep}))
 
     def warmup_seed(self, seed: int) -> int:
@@ -211,13 +215,14 @@ def parse_settings(text: str | None) -> dict[str, Any]:
     return json.loads(json.dumps(parsed))
 
 
-def trainer_settings(spec: BenchmarkSpec, role: str, seed: int) -> dict[str, Any]:
+def trainer_settings(spec: BenchmarkSpec, role: str, seed: int, iterations: int | None = None) -> dict[str, Any]:
     """The ``nnUNet_mapo_config`` object of one training.
 
     Args:
         spec: The benchmark.
-        role: ``'warmup'``, ``'baseline'`` or ``'mapo'``.
+        role: ``'warmup'``, ``'baseline'``, ``'equal_compute'`` or ``'mapo'``.
         seed: The repetition.
+        iterations: Iterations per epoch instead of ``spec.iterations`` (the equal-compute arm's).
 
     Returns:
         Budget keys for every role; the nnU-Net keys of ``spec.settings`` for every role; the ``mapo_*`` keys,
@@ -226,10 +231,10 @@ def trainer_settings(spec: BenchmarkSpec, role: str, seed: int) -> dict[str, Any
     Raises:
         ValueError: Unknown role.
     """
-    if role not in ("warmup", "baseline", "mapo"):
+    if role not in ("warmup", "baseline", "equal_compute", "mapo"):
         raise ValueError(f"Unknown role {role!r}.")
     epochs = spec.shared_warmup_epochs if role == "warmup" else spec.total_epochs
-    settings: dict[str, Any] = {"num_epochs": epochs, "num_iterations_per_epoch": spec.iterations,
+    settings: dict[str, Any] = {"num_epochs": epochs, "num_iterations_per_epoch": iterations or spec.iterations,
                                 "num_val_iterations_per_epoch": spec.val_iterations, "save_every": spec.save_every}
     for key, value in spec.settings.items():
         if role == "mapo" or not key.startswith("mapo_"):
@@ -247,6 +252,8 @@ def benchmark_name(spec: BenchmarkSpec, dataset_name: str) -> str:
             f"{'x1' if spec.single_warmup else ''}-e{spec.epochs}-it{spec.iterations}-val{spec.val_iterations}")
     if spec.train_cases is not None:
         name += f"__train{spec.train_cases}"
+    if spec.equal_compute:
+        name += "__eqc"
     if spec.split_file is not None:
         name += f"__split-{hashlib.sha1(spec.split_file.encode()).hexdigest()[:8]}"
     if spec.mapo_trainer != DEFAULT_MAPO_TRAINER:

@@ -8,6 +8,9 @@ exactly one addition: it applies the nnU-Net keys of ``nnUNet_mapo_config`` (``n
 checked by :func:`nnunetv2_mapo.training.settings.validate_setting` like the MAPO trainer does. ``mapo_*`` keys are
 ignored. Network, data, augmentation, loss, optimizer, schedule, checkpoints and validation are nnU-Net's, unchanged.
 
+:class:`nnUNetTrainerBenchmarkEqualCompute` is the same trainer under another name: the equal-compute arm, whose
+iterations per epoch the benchmark raises by MAPO's extra sample-passes.
+
 :class:`nnUNetTrainerBenchmarkWarmup` runs the first ``num_epochs`` epochs of a longer training: its poly
 learning-rate schedule spans ``nnUNet_benchmark_schedule_epochs`` epochs (the warm-up plus the training that
 continues from it), so a run continued from its checkpoint with ``--c`` sees the same learning rates as one
@@ -30,7 +33,7 @@ from nnunetv2_mapo.training.settings import (
     validate_setting,
 )
 
-__all__ = ["nnUNetTrainerBenchmarkBaseline", "nnUNetTrainerBenchmarkWarmup"]
+__all__ = ["nnUNetTrainerBenchmarkBaseline", "nnUNetTrainerBenchmarkEqualCompute", "nnUNetTrainerBenchmarkWarmup"]
 
 SCHEDULE_ENV_VAR = "nnUNet_benchmark_schedule_epochs"
 _NNUNET_KEYS = frozenset(s.name for s in NNUNET_SETTINGS)
@@ -103,6 +106,11 @@ class nnUNetTrainerBenchmarkBaseline(nnUNetTrainer):
         super().on_train_end()
         if (line := peak_gpu_memory_line(self.device)) is not None:  # as nnUNetTrainerMAPO logs it
             self.print_to_log_file(line)
+
+
+class nnUNetTrainerBenchmarkEqualCompute(nnUNetTrainerBenchmarkBaseline):
+    """The baseline given MAPO's extra compute as extra iterations per epoch (the benchmark sets them through
+    ``nnUNet_mapo_config``; :mod:`nnunetv2_mapo.benchmark.compute`). A class of its own for its own results folder."""
 
 
 class nnUNetTrainerBenchmarkWarmup(nnUNetTrainerBenchmarkBaseline):

@@ -9,6 +9,7 @@ from benchmark_helpers import MAPO, run, spec
 from nnunetv2_mapo.benchmark.report import format_stat, format_table
 from nnunetv2_mapo.benchmark.spec import (
     BASELINE_TRAINER,
+    EQUAL_COMPUTE_TRAINER,
 )
 from nnunetv2_mapo.benchmark.stats import paired_ratios, summarize
 
@@ -51,3 +52,25 @@ def test_format_table_has_both_trainers_ratios_and_the_baseline_note() -> None:
     table = format_table(results | {"paired": paired})
     assert f"{MAPO} - {BASELINE_TRAINER}, fold 0" in table
     assert "| Dice | +0.0123 | [+0.0021, +0.0234] | +1.5% | 3/3 | 40 |" in table
+
+
+def test_format_table_with_the_equal_compute_arm() -> None:
+    values = {"HD95": 3.0, "ASD": 1.0, "wall_seconds": 100.0, "seconds_per_epoch": 2.0, "training_seconds": 20.0,
+              "preference_seconds": None, "preference_share": None, "peak_rss_gib": 1.0, "num_cases": 4}
+    runs = [run(BASELINE_TRAINER, 0, 0, Dice=0.70, **values), run(EQUAL_COMPUTE_TRAINER, 0, 0, Dice=0.75, **values),
+            run(MAPO, 0, 0, Dice=0.84, **values)]
+    trainers = [BASELINE_TRAINER, EQUAL_COMPUTE_TRAINER, MAPO]
+    paired = {"0": {"Dice": {"mean_difference": 0.09, "ci_low": 0.05, "ci_high": 0.12, "relative": 0.12,
+                             "seed_wins": 1, "seeds": 1, "cases": 4}}}
+    results = {"spec": {**vars(spec()), "folds": [0]}, "dataset": "Dataset990_Toy", "plans_identifier": "nnUNetPlans",
+               "batch_size": 2, "trainers": trainers, "summary": summarize(runs, trainers),
+               "ratios": paired_ratios(runs, BASELINE_TRAINER, MAPO), "equal_compute_iterations": 4,
+               "ratios_equal_compute": paired_ratios(runs, EQUAL_COMPUTE_TRAINER, MAPO), "runs": runs,
+               "warmups": [], "missing": [], "paired": {}, "paired_equal_compute": paired}
+    table = format_table(results)
+    header = next(line for line in table.splitlines() if line.startswith("| quantity"))
+    assert f"equal compute: {EQUAL_COMPUTE_TRAINER} (n=1)" in header and header.endswith("MAPO / equal compute |")
+    dice = next(line for line in table.splitlines() if line.startswith("| Dice"))
+    assert dice == "| Dice (foreground mean) | 0.7000 | 0.7500 | 0.8400 | 1.200 | 1.120 |"
+    assert "trains 4 iterations per epoch" in table
+    assert f"{MAPO} - {EQUAL_COMPUTE_TRAINER}, fold 0" in table

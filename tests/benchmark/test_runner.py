@@ -16,6 +16,7 @@ from nnunetv2_mapo.benchmark.cli import run as run_benchmark_from_args
 from nnunetv2_mapo.benchmark.runner import EVALUATION_FILE, Benchmark
 from nnunetv2_mapo.benchmark.spec import (
     BASELINE_TRAINER,
+    EQUAL_COMPUTE_TRAINER,
     BenchmarkInputError,
     BenchmarkSpec,
     validate_spec,
@@ -119,7 +120,8 @@ def e2e_run(tmp_path_factory) -> dict:
     argv = ["-d", str(E2E_ID), "-c", "2d", "-f", "0", "--epochs", "1", "--iterations", "2", "--val-iterations", "1",
             "--seeds", "1", "--shared-warmup-epochs", "1", "--batch-size", "2", "--device", "cpu",
             "--workdir", str(root / "ws"), "--raw-source", source, "--settings", '{"mapo_cases_per_round": 4}',
-            "--train-cases", "7"]  # the low-data protocol: 7 cases trained on, the other 3 held out
+            "--train-cases", "7",  # the low-data protocol: 7 cases trained on, the other 3 held out
+            "--equal-compute"]
     return {"root": root, "source": source, "before": before, "argv": argv}
 
 
@@ -131,9 +133,14 @@ def test_benchmark_end_to_end(e2e_run: dict, capsys) -> None:
     folder = Path(next(line.split("results: ")[1].split(" (and")[0] for line in first.splitlines()
                        if "results: " in line)).parent
     results = json.loads((folder / "results.json").read_text())
-    assert results["trainers"] == [BASELINE_TRAINER, MAPO] and results["batch_size"] == 2
+    assert results["trainers"] == [BASELINE_TRAINER, EQUAL_COMPUTE_TRAINER, MAPO] and results["batch_size"] == 2
     runs = {r["trainer"]: r for r in results["runs"]}
-    assert set(runs) == {BASELINE_TRAINER, MAPO} and not results["missing"]
+    assert set(runs) == {BASELINE_TRAINER, EQUAL_COMPUTE_TRAINER, MAPO} and not results["missing"]
+    # 1 epoch of 2 steps with 0.25 pair rows each, one round of 4 cases x 9 passes at a third: (0.5 + 12) / 2 extra
+    assert results["equal_compute_iterations"] == 9  # ceil(2 + 6.25)
+    equal_log = torch.load(os.path.join(runs[EQUAL_COMPUTE_TRAINER]["output_folder"], "checkpoint_final.pth"),
+                           map_location="cpu", weights_only=False)["logging"]
+    assert len(equal_log["train_losses"]) == 2 and "paired_equal_compute" in results
     for trainer, record in runs.items():
         assert math.isfinite(record["Dice"]), trainer
         assert "HD95" in record and "ASD" in record and record["num_cases"] == 3  # every held-out case
@@ -176,6 +183,7 @@ def test_benchmark_end_to_end(e2e_run: dict, capsys) -> None:
     second = capsys.readouterr().out
     assert time.monotonic() - started < 90
     assert f"skip {BASELINE_TRAINER} (finished)" in second and f"skip {MAPO} (finished)" in second
+    assert f"skip {EQUAL_COMPUTE_TRAINER} (finished)" in second
     assert "training" not in second.replace("training_curves", "")
     again = json.loads((folder / "results.json").read_text())
     assert [r["Dice"] for r in again["runs"]] == [r["Dice"] for r in results["runs"]]

@@ -20,6 +20,8 @@ def test_trainer_settings_per_role() -> None:
     assert baseline == {**warmup, "num_epochs": 6}
     assert mapo == {**baseline, "mapo_beta": 0.5, "mapo_seed": 3, "mapo_warmup_epochs": 2}
     assert "mapo_warmup_epochs" not in trainer_settings(spec(), "mapo", 0)
+    # the equal-compute arm: the baseline's settings with its own iterations per epoch
+    assert trainer_settings(s, "equal_compute", 3, iterations=7) == {**baseline, "num_iterations_per_epoch": 7}
     with pytest.raises(ValueError):
         trainer_settings(s, "other", 0)
 

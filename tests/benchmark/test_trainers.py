@@ -32,3 +32,8 @@ def test_trainer_module_applies_only_nnunet_keys() -> None:
     assert own == {"__init__", "initialize", "on_train_start", "on_train_end"}
     assert {k for k, v in vars(nnUNetTrainerBenchmarkWarmup).items() if callable(v)} == {
         "configure_optimizers", "perform_actual_validation"}
+    from nnunetv2_mapo.benchmark.trainers import nnUNetTrainerBenchmarkEqualCompute
+
+    # the equal-compute arm is the baseline under another name (its iterations come from the benchmark's settings)
+    assert nnUNetTrainerBenchmarkEqualCompute.__bases__ == (nnUNetTrainerBenchmarkBaseline,)
+    assert not {k for k, v in vars(nnUNetTrainerBenchmarkEqualCompute).items() if callable(v)}

@@ -1,0 +1,81 @@
+"""The equal-compute arm: how many iterations per epoch give ``nnUNetTrainer`` MAPO's extra compute.
+
+MAPO costs more than the baseline in two places, both counted in sample-passes (one sample through the network):
+
+- every training step with pairs carries ``mapo_pairs_per_step`` extra rows forward and backward, as many
+  sample-passes as the batch's own rows;
+- every preference round runs ``mapo_cases_per_round`` x (K + 1) forward passes without a backward pass (K without
+  the reference pass of reference-free losses). A forward pass is counted as a third of a forward-backward pass, the
+  usual ratio for convolutional networks (the backward pass computes gradients for activations and weights).
+
+The equal-compute arm trains the baseline for the same epochs with ``ceil(iterations + extra / epochs)``
+iterations per epoch, extra being MAPO's additional sample-passes divided by the batch size. The benchmark reports
+each arm's wall time beside it, so whether the arms also took the same time can be read off. The settings are those
+the benchmark gives the MAPO trainer over ``nnUNetTrainerMAPO``'s defaults; a variant's own class defaults are not
+seen (``--mapo-trainer nnUNetTrainerMAPO_SimPO`` is counted with the reference pass it skips: slightly more compute
+for the equal-compute arm, never less).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from nnunetv2_mapo.method import REFERENCE_FREE_LOSS_TYPES
+from nnunetv2_mapo.training.settings import MAPO_SETTINGS, resolve_and_check
+
+FORWARD_SHARE = 1 / 3  # a forward pass, in forward-backward passes
+
+
+def mapo_schedule(total_epochs: int, settings: Mapping[str, Any], batch_size: int) -> dict[str, Any]:
+    """The MAPO settings that set its cost, resolved as the trainer resolves them (defaults, derived values).
+
+    Args:
+        total_epochs: ``num_epochs`` of the MAPO training.
+        settings: The ``mapo_*`` settings given to it (the rest are the defaults of ``nnUNetTrainerMAPO``).
+        batch_size: The batch size of one process.
+    """
+    values = {s.name: s.default for s in MAPO_SETTINGS} | {"num_epochs": total_epochs}
+    values |= {k: v for k, v in settings.items() if k.startswith("mapo_")}
+    return resolve_and_check(values, batch_size)
+
+
+def mapo_extra_iterations(total_epochs: int, first_epoch: int, iterations: int, batch_size: int, train_cases: int,
+                          settings: Mapping[str, Any]) -> float:
+    """MAPO's extra sample-passes over the epochs ``first_epoch .. total_epochs - 1``, in baseline iterations.
+
+    Args:
+        total_epochs: ``num_epochs`` of the MAPO training.
+        first_epoch: The first epoch it trains itself (after a shared warm-up; 0 without one).
+        iterations: Training iterations per epoch.
+        batch_size: The batch size of one process.
+        train_cases: The training cases a round draws from.
+        settings: The ``mapo_*`` settings given to the MAPO trainer.
+
+    Returns:
+        Extra sample-passes / batch size (a number of iterations, not rounded).
+    """
+    resolved = mapo_schedule(total_epochs, settings, batch_size)
+    warmup, every = resolved["mapo_warmup_epochs"], resolved["mapo_regen_every"]
+    epochs_with_pairs = [e for e in range(first_epoch, total_epochs) if e >= warmup]
+    rounds = sum(1 for e in epochs_with_pairs if (e - warmup) % every == 0)
+    cases = min(train_cases, resolved["mapo_cases_per_round"] or train_cases)
+    passes_per_case = resolved["mapo_num_hypotheses"] + (resolved["mapo_loss_type"] not in REFERENCE_FREE_LOSS_TYPES)
+    step_rows = len(epochs_with_pairs) * iterations * resolved["mapo_pairs_per_step"]
+    round_rows = rounds * cases * passes_per_case * FORWARD_SHARE
+    return (step_rows + round_rows) / batch_size
+
+
+def equal_compute_iterations(total_epochs: int, first_epoch: int, iterations: int, batch_size: int,
+                             train_cases: int, settings: Mapping[str, Any]) -> int:
+    """Iterations per epoch of the equal-compute arm over the same epochs (module docstring).
+
+    Raises:
+        ValueError: No epoch to train (``first_epoch >= total_epochs``).
+    """
+    own_epochs = total_epochs - first_epoch
+    if own_epochs < 1:
+        raise ValueError(f"No epoch to train: first_epoch {first_epoch}, total_epochs {total_epochs}.")
+    extra = mapo_extra_iterations(total_epochs, first_epoch, iterations, batch_size, train_cases, settings)
+    return math.ceil(iterations + extra / own_epochs - 1e-9)

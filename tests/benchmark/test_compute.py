@@ -1,0 +1,38 @@
+"""Known-answer tests of the equal-compute arm's iterations."""
+
+from __future__ import annotations
+
+import pytest
+
+from nnunetv2_mapo.benchmark.compute import equal_compute_iterations, mapo_extra_iterations, mapo_schedule
+
+SETTINGS = {"mapo_warmup_epochs": 2, "mapo_regen_every": 4, "mapo_cases_per_round": 10, "mapo_num_hypotheses": 5}
+
+
+def test_extra_passes_of_steps_and_rounds() -> None:
+    # batch 8: 1 pair row per step; pairs in epochs 2-9 (8 epochs x 20 steps = 160 rows); rounds at epochs 2 and 6,
+    # 10 cases x (5 hypotheses + the reference pass) forward passes each, at a third of a training pass (40 rows)
+    assert mapo_extra_iterations(10, 0, 20, 8, 30, SETTINGS) == pytest.approx((160 + 40) / 8)
+    assert equal_compute_iterations(10, 0, 20, 8, 30, SETTINGS) == 23  # 20 + 25 / 10 = 22.5
+    # after a shared warm-up of 2 epochs the same extra is spread over the 8 epochs trained: 20 + 25 / 8
+    assert equal_compute_iterations(10, 2, 20, 8, 30, SETTINGS) == 24
+
+
+def test_reference_free_rounds_and_few_cases_cost_less() -> None:
+    simpo = SETTINGS | {"mapo_loss_type": "simpo"}  # K passes per case, no reference pass
+    assert mapo_extra_iterations(10, 0, 20, 8, 30, simpo) == pytest.approx((160 + 2 * 10 * 5 / 3) / 8)
+    few = mapo_extra_iterations(10, 0, 20, 8, 4, SETTINGS)  # a round takes the 4 training cases there are
+    assert few == pytest.approx((160 + 2 * 4 * 6 / 3) / 8)
+
+
+def test_defaults_are_the_trainers() -> None:
+    resolved = mapo_schedule(100, {}, 16)
+    assert resolved["mapo_warmup_epochs"] == 10 and resolved["mapo_pairs_per_step"] == 2.0
+    assert resolved["mapo_regen_every"] == 50 and resolved["mapo_num_hypotheses"] == 8
+    # 100 epochs x 250 steps: pairs in epochs 10-99 (90 x 250 x 2 rows), rounds at 10 and 60 (2 x 100 x 9 / 3)
+    assert mapo_extra_iterations(100, 0, 250, 16, 500, {}) == pytest.approx((90 * 250 * 2 + 2 * 100 * 9 / 3) / 16)
+
+
+def test_no_epoch_to_train_is_refused() -> None:
+    with pytest.raises(ValueError, match="No epoch"):
+        equal_compute_iterations(10, 10, 20, 8, 30, SETTINGS)
