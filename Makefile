@@ -22,10 +22,11 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 
-# Two workers (one test module each at a time): much of an end-to-end test is nnU-Net's single-threaded start-up,
-# planning and export, which the other worker's training overlaps.
+# Two workers (one test module each at a time, the slowest first: tests/conftest.py): much of an end-to-end test is
+# nnU-Net's single-threaded start-up, planning and export, which the other worker's training overlaps. Passive OpenMP
+# waiting: two trainings share the cores, and spinning threads would take the time slices the other one needs.
 test: setup lint
-	cd tests && ../$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile .
+	cd tests && OMP_WAIT_POLICY=PASSIVE ../$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile .
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_run

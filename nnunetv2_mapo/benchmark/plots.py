@@ -11,6 +11,11 @@ import numpy as np
 from nnunetv2_mapo.benchmark.stats import METRICS
 
 
+def arm_labels(trainers: list[str]) -> list[str]:
+    """Short names of the arms: baseline first, MAPO last, the equal-compute arm between them when it runs."""
+    return ["baseline", *["equal compute"] * (len(trainers) - 2), "MAPO"]
+
+
 def plot_metrics(results: Mapping[str, Any], path: str) -> str:
     """``metrics.png``: Dice, HD95, ASD and NSD of every run per trainer, with mean ± std.
 
@@ -39,7 +44,7 @@ def plot_metrics(results: Mapping[str, Any], path: str) -> str:
                 err = stat["std"] if math.isfinite(stat["std"]) else 0.0
                 ax.errorbar(index + 0.25, stat["mean"], yerr=err, fmt="D", color=f"C{index}", capsize=5, zorder=4)
         ax.set_xticks(range(len(trainers)))
-        ax.set_xticklabels(["baseline", "MAPO"])
+        ax.set_xticklabels(arm_labels(trainers))
         unit = " (mm)" if metric in ("HD95", "ASD") else ""
         ax.set_title(f"{metric}{unit}")
         ax.grid(alpha=0.3, axis="y")
@@ -67,8 +72,7 @@ def plot_curves(results: Mapping[str, Any], path: str) -> str:
     import matplotlib.pyplot as plt
 
     fig, (dice_ax, loss_ax) = plt.subplots(2, 1, figsize=(9, 8), sharex=True)
-    for index, trainer in enumerate(results["trainers"]):
-        label = "baseline" if index == 0 else "MAPO"
+    for index, (trainer, label) in enumerate(zip(results["trainers"], arm_labels(results["trainers"]))):
         for number, run in enumerate(r for r in results["runs"] if r["trainer"] == trainer):
             curves = run.get("curves") or {}
             tag = label if number == 0 else None
