@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import platform
@@ -78,9 +80,6 @@ def planned_batch_size(plans_file: str, spec: Any) -> int | None:
 def evaluate_training(gt_folder: str, fold_folder: str) -> dict[str, Any]:
     """Evaluates nnU-Net's final validation predictions of a training (``fold/validation``) into
     ``fold/benchmark_summary.json``; returns the foreground means with ``cases``, the number of cases."""
-    import contextlib
-    import io
-
     from nnunetv2_mapo.evaluation.folder import evaluate_folder
 
     output_base = os.path.dirname(fold_folder)

@@ -174,11 +174,11 @@ class Benchmark:
             if spec.batch_size is not None:
                 identifier = write_plans_variant(dataset_pre, spec.configuration, spec.batch_size)
                 self.step(f"plans variant {identifier}.json (batch size {spec.batch_size}, same preprocessed data)")
-        if spec.equal_compute:
+        batch_size = planned_batch_size(os.path.join(dataset_pre, spec.plans_identifier + ".json"), spec)
+        if spec.equal_compute and batch_size is not None:  # None: not planned, so nothing trained to report either
             cases = split["train"] if split else dataset_cases(os.path.join(workspace.raw, self.dataset_name))
-            batch_size = planned_batch_size(os.path.join(dataset_pre, spec.plans_identifier + ".json"), spec)
             self.equal_compute_iterations = equal_compute_iterations(  # nnU-Net's 5-fold split trains on ~80%
-                spec.total_epochs, spec.shared_warmup_epochs, spec.iterations, batch_size or 2,
+                spec.total_epochs, spec.shared_warmup_epochs, spec.iterations, batch_size,
                 len(cases) if split else len(cases) - len(cases) // 5, trainer_settings(spec, "mapo", 0))
 
     def _check_trainers(self) -> None:

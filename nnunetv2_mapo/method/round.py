@@ -23,6 +23,7 @@ from nnunetv2_mapo.method.preference_loss import disagreement_counts, mask_log_l
 from nnunetv2_mapo.method.preference_set import PreferenceSet, empty_preference_set
 from nnunetv2_mapo.method.schedule import hypothesis_rates
 from nnunetv2_mapo.method.scoring import logits_to_masks, mean_foreground_dice, select_pairs, split_target
+from nnunetv2_mapo.method.train_eval import eval_mode
 
 
 @dataclass
@@ -98,13 +99,11 @@ def generate_preference_set(
     if pairing not in PAIRINGS:
         raise ValueError(f"Unknown pairing {pairing!r}; allowed values: {list(PAIRINGS)}.")
     rates = torch.tensor(hypothesis_rates(dropout_rates, num_hypotheses))
-    was_training = network.training
-    network.eval()
     autocast = torch.autocast("cuda") if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     parts: dict[str, list] = {name: [] for name in ("images", "chosen", "rejected", "valid", "ref_c", "ref_r",
                                                      "dice_c", "dice_r", "dice_n", "keys")}
     num_items = 0
-    try:
+    with eval_mode(network):  # every module's own flag comes back afterwards, also when a batch fails
         for batch in batches:
             data_all, target_all, keys_all = batch["data"], batch["target"], list(batch["keys"])
             for start in range(0, data_all.shape[0], max(1, items_per_forward)):
@@ -163,8 +162,6 @@ def generate_preference_set(
                         "chosen": chosen[i].cpu(), "rejected": rejected[i].cpu(), "key": str(keys_all[start + i]),
                         "dice_network": float(network_scores[i]), "dice_chosen": float(chosen_scores[i]),
                         "dice_rejected": float(scores[i, rejected_idx[i]])})
-    finally:
-        network.train(was_training)
     return _assemble(parts, label_manager, round_index, epoch, num_items)
 
 
