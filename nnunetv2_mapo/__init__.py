@@ -9,7 +9,7 @@ variants), :mod:`.evaluation`, :mod:`.benchmark` and :mod:`.commands` (the ``nnu
 
 from nnunetv2_mapo import discovery as _discovery
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 _discovery.autoregister()
 
@@ -23,6 +23,7 @@ _LAZY = {
     "nnUNetTrainerMAPO_DPOP": "nnunetv2_mapo.training.variants.preference_loss",
     "nnUNetTrainerMAPO_ChannelDropout": "nnunetv2_mapo.training.variants.dropout",
     "nnUNetTrainerMAPO_GTAnchored": "nnunetv2_mapo.training.variants.pairs",
+    "nnUNetTrainerMAPO_MultiObjective": "nnunetv2_mapo.training.variants.pairs",
     "nnUNetTrainerMAPO_PaperFormulation": "nnunetv2_mapo.training.variants.pairs",
     "nnUNetTrainerMAPO_BN": "nnunetv2_mapo.training.variants.networks",
     "nnUNetTrainerMAPO_Primus_S": "nnunetv2_mapo.training.variants.networks",

@@ -8,6 +8,13 @@ For every repetition ("seed") and fold the benchmark trains, through nnU-Net's r
 * with ``--equal-compute``, :class:`~nnunetv2_mapo.benchmark.trainers.nnUNetTrainerBenchmarkEqualCompute`: the
   baseline with MAPO's extra sample-passes as extra iterations per epoch (:mod:`.compute`).
 
+Variants share the other arms: the baseline (with its warm-up) and the equal-compute arm do not depend on the MAPO
+trainer or its ``mapo_*`` settings, so they are trained once per workspace, in
+``benchmarks/shared_arms/<Dataset>__<arm>__<digest>`` (:func:`.spec.shared_arm_name`), and every benchmark folder
+of the workspace with the same dataset, configuration, budget, split and nnU-Net settings reuses them (a benchmark
+folder that already holds them, written before 0.6.0, keeps its own). Screening five variants then costs five MAPO
+trainings plus two, not fifteen. Run one benchmark at a time per workspace.
+
 With ``--train-cases N`` (or ``--split-file``) the split is a low-data one: N training cases, all others held out and
 predicted by nnU-Net's final validation (:mod:`.split`). ``results.md`` adds the paired per-case differences with a
 hierarchical bootstrap interval (:mod:`.paired`).

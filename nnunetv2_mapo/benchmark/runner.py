@@ -50,6 +50,7 @@ from nnunetv2_mapo.benchmark.spec import (
     BenchmarkSpec,
     benchmark_name,
     check_same_benchmark,
+    shared_arm_name,
     trainer_settings,
     validate_spec,
 )
@@ -96,16 +97,24 @@ class Benchmark:
 
     def role(self, trainer: str) -> str:
         """The trainer's role for :func:`trainer_settings`."""
-        return {BASELINE_TRAINER: "baseline", EQUAL_COMPUTE_TRAINER: "equal_compute"}.get(trainer, "mapo")
+        return {BASELINE_TRAINER: "baseline", EQUAL_COMPUTE_TRAINER: "equal_compute",
+                WARMUP_TRAINER: "warmup"}.get(trainer, "mapo")
 
-    def results_root(self, seed: int) -> str:
-        """The ``nnUNet_results`` folder of one repetition."""
-        return os.path.join(self.folder, f"seed_{seed}", "nnUNet_results")
+    def results_root(self, seed: int, trainer: str) -> str:
+        """The ``nnUNet_results`` folder of one training: this benchmark's own for MAPO, for the other trainings the
+        one the workspace's benchmarks share (:func:`shared_arm_name`) unless this folder holds them (before 0.6.0)."""
+        own = os.path.join(self.folder, f"seed_{seed}", "nnUNet_results")
+        if self.role(trainer) == "mapo" or os.path.isdir(os.path.join(own, self.dataset_name, self._model(trainer))):
+            return own
+        name = shared_arm_name(self.spec, self.dataset_name, self.role(trainer), self.equal_compute_iterations)
+        return os.path.join(os.path.dirname(self.folder), "shared_arms", name, f"seed_{seed}", "nnUNet_results")
+
+    def _model(self, trainer: str) -> str:  # nnU-Net's model folder name
+        return f"{trainer}__{self.spec.plans_identifier}__{self.spec.configuration}"
 
     def fold_folder(self, seed: int, trainer: str, fold: int) -> str:
         """nnU-Net's output folder of one training."""
-        return os.path.join(self.results_root(seed), self.dataset_name,
-                            f"{trainer}__{self.spec.plans_identifier}__{self.spec.configuration}", f"fold_{fold}")
+        return os.path.join(self.results_root(seed, trainer), self.dataset_name, self._model(trainer), f"fold_{fold}")
 
     def log_file(self, seed: int, fold: int, trainer: str) -> str:
         """The output of the ``nnUNetv2_train`` runs of one training."""
@@ -192,11 +201,11 @@ class Benchmark:
             if name == self.spec.mapo_trainer and not issubclass(cls, nnUNetTrainerMAPO):
                 raise BenchmarkInputError(f"--mapo-trainer {name} is not a subclass of nnUNetTrainerMAPO.")
 
-    def environment(self, seed: int, settings: Mapping[str, Any], extra: Mapping[str, str] | None = None
+    def environment(self, results_root: str, settings: Mapping[str, Any], extra: Mapping[str, str] | None = None
                     ) -> dict[str, str]:
-        """The environment of one ``nnUNetv2_train``: workspace folders, this seed's results, the settings."""
+        """The environment of one ``nnUNetv2_train``: workspace folders, its results root, the settings."""
         assert self.workspace is not None
-        env = self.workspace.environment({"nnUNet_results": self.results_root(seed),
+        env = self.workspace.environment({"nnUNet_results": results_root,
                                           "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0"),
                                           ENV_VAR: json.dumps(dict(settings)), **(extra or {})})
         return with_benchmark_trainers(env)
@@ -228,7 +237,8 @@ class Benchmark:
         command = self.train_command(spec.dataset_id, spec.configuration, fold, trainer, spec.plans_identifier,
                                      spec.device)
         try:
-            invocation = run_process(command, self.environment(seed, settings, extra_env), log_file, progress)
+            invocation = run_process(command, self.environment(self.results_root(seed, trainer), settings, extra_env),
+                                     log_file, progress)
         except _Interrupted as interrupted:
             _record_invocation(fold_folder, trainer, interrupted.invocation)
             raise KeyboardInterrupt from None

@@ -246,6 +246,37 @@ def trainer_settings(spec: BenchmarkSpec, role: str, seed: int, iterations: int 
     return settings
 
 
+def shared_arm_name(spec: BenchmarkSpec, dataset_name: str, role: str, iterations: int | None = None) -> str:
+    """The folder, under ``benchmarks/shared_arms``, of the trainings that do not depend on the MAPO trainer.
+
+    The baseline (with its shared warm-up, if any) and the equal-compute arm are trained the same way for every MAPO
+    trainer and ``mapo_*`` setting, so benchmarks of several variants in one workspace train them once. The name holds
+    a digest of what does define them: dataset, configuration, budget, batch size, split, device, the nnU-Net settings
+    and, for the equal-compute arm, its iterations per epoch.
+
+    Args:
+        spec: The benchmark.
+        dataset_name: nnU-Net's dataset folder name.
+        role: ``'baseline'`` or ``'warmup'`` (one folder: the baseline continues from the warm-up), or
+            ``'equal_compute'``.
+        iterations: The equal-compute arm's iterations per epoch (None while not yet known).
+
+    Returns:
+        ``{dataset_name}__{role}__{digest}``.
+
+    Raises:
+        ValueError: Another role.
+    """
+    if role not in ("baseline", "warmup", "equal_compute"):
+        raise ValueError(f"Only the baseline, its warm-up and the equal-compute arm are shared, not {role!r}.")
+    defining = {k: v for k, v in spec.comparable().items() if k not in ("mapo_trainer", "equal_compute", "settings")}
+    defining["settings"] = {k: v for k, v in spec.settings.items() if not k.startswith("mapo_")}
+    if role == "equal_compute":
+        defining["equal_compute_iterations"] = iterations
+    digest = hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{dataset_name}__{'equal_compute' if role == 'equal_compute' else 'baseline'}__{digest}"
+
+
 def benchmark_name(spec: BenchmarkSpec, dataset_name: str) -> str:
     """The default sub-folder name: dataset, configuration, plans, budget, MAPO trainer and settings."""
     name = (f"{dataset_name}__{spec.configuration}__{spec.plans_identifier}__w{spec.shared_warmup_epochs}"

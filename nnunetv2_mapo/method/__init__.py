@@ -3,6 +3,7 @@
 - :mod:`.dropout`: dropout hooks injected into any network (state-dict keys unchanged)
 - :mod:`.scoring`: hypotheses to masks, Dice against the ground truth, choice of (y+, y-)
 - :mod:`.preference_loss`: mask log-likelihoods and the preference losses (DPO, IPO, hinge, SimPO, DPO-Positive)
+- :mod:`.objectives`: a boundary score for hypotheses, adaptive weights over several preference objectives
 - :mod:`.preference_set`: the pairs of one round, their sampling and their saved state
 - :mod:`.schedule`: how many pairs a training step carries, which rate each hypothesis uses
 - :mod:`.round`: one preference round, from patches to pairs
@@ -15,3 +16,4 @@ LOSS_TYPES = ("sigmoid", "ipo", "hinge", "simpo", "dpop")
 REFERENCE_FREE_LOSS_TYPES = ("simpo",)  # rounds of these skip the reference pass
 DROPOUT_MODES = ("element", "channel")
 PAIRINGS = ("dropout", "ground_truth")  # y+ the best dropout hypothesis (the paper), or the ground truth
+OBJECTIVE_SETS = ("dice", "dice+boundary")  # what rounds rank hypotheses by: one pair per objective and item

@@ -4,7 +4,8 @@ A set holds, per pair, the input patch (float16), the preferred and dispreferred
 the reference log-likelihoods of both masks. The reference policy is the network at generation time; since a pair's
 patch never changes, its reference log-likelihoods are computed once by the round (:mod:`.round`) instead of by a
 frozen network copy at every step (same loss, no extra memory, no extra forward pass). The Dice of y+, of y- and of
-the network's own prediction without dropout are kept as diagnostics.
+the network's own prediction without dropout are kept as diagnostics. With several objectives
+(:mod:`.objectives`) an item may give one pair per objective; each pair records its objective's index.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-STATE_VERSION = 2
-READABLE_STATE_VERSIONS = (1, 2)  # version 1 had no network_dice
+STATE_VERSION = 3
+READABLE_STATE_VERSIONS = (1, 2, 3)  # version 1 had no network_dice, versions 1 and 2 no objective
 
 
 @dataclass
@@ -29,6 +30,7 @@ class PreferenceBatch:
     valid: torch.Tensor | None
     reference_chosen_logps: torch.Tensor
     reference_rejected_logps: torch.Tensor
+    objective: torch.Tensor | None = None  # (P,) objective index of each pair; None: all 0
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -55,6 +57,8 @@ class PreferenceSet:
         round_index: Which round made the set (0-based).
         epoch: The epoch at whose start it was made.
         num_items: Items scored in the round (pairs plus items without a pair).
+        objective: ``(P,)`` int64 index of the objective that ranked each pair (:mod:`.objectives`), or None when
+            every pair is ranked by Dice (sets of a single objective, and sets saved before version 3).
     """
 
     images: torch.Tensor
@@ -70,6 +74,7 @@ class PreferenceSet:
     round_index: int = 0
     epoch: int = 0
     num_items: int = 0
+    objective: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -102,6 +107,7 @@ class PreferenceSet:
             self.images[index].float(), self.chosen[index], self.rejected[index],
             None if self.valid is None else self.valid[index],
             self.reference_chosen_logps[index], self.reference_rejected_logps[index],
+            None if self.objective is None else self.objective[index],
         )
 
     def state_dict(self) -> dict:
@@ -124,6 +130,8 @@ class PreferenceSet:
                              f"{list(READABLE_STATE_VERSIONS)}).")
         if state["version"] == 1 and isinstance(state.get("chosen_dice"), torch.Tensor):
             state = state | {"network_dice": torch.full_like(state["chosen_dice"], math.nan)}
+        if state["version"] < 3:
+            state = state | {"objective": None}
         names = [f.name for f in fields(cls)]
         missing = [n for n in names if n not in state]
         if missing:
@@ -133,6 +141,9 @@ class PreferenceSet:
         wrong = [n for n in tensors if not (isinstance(state[n], torch.Tensor) and state[n].ndim >= 1)]
         if state["valid"] is not None and not (isinstance(state["valid"], torch.Tensor) and state["valid"].ndim >= 1):
             wrong.append("valid")
+        if state["objective"] is not None and not (isinstance(state["objective"], torch.Tensor)
+                                                   and state["objective"].ndim == 1):
+            wrong.append("objective")
         if not isinstance(state["keys"], list) or not all(isinstance(k, str) for k in state["keys"]):
             wrong.append("keys")
         wrong += [n for n in ("round_index", "epoch", "num_items") if type(state[n]) is not int]
@@ -142,7 +153,7 @@ class PreferenceSet:
         count = result.images.shape[0]
         per_pair = [result.chosen, result.rejected, result.reference_chosen_logps, result.reference_rejected_logps,
                     result.chosen_dice, result.rejected_dice, result.network_dice]
-        per_pair += [result.valid] if result.valid is not None else []
+        per_pair += [t for t in (result.valid, result.objective) if t is not None]
         if any(t.shape[0] != count for t in per_pair) or len(result.keys) != count:
             raise ValueError("Preference-set state is inconsistent: its tensors hold different numbers of pairs.")
         if result.chosen.shape != result.rejected.shape:
@@ -163,7 +174,7 @@ class PreferenceSet:
             reference_rejected_logps=cat("reference_rejected_logps"),
             chosen_dice=cat("chosen_dice"), rejected_dice=cat("rejected_dice"), network_dice=cat("network_dice"),
             keys=[k for p in parts for k in p.keys], round_index=first.round_index, epoch=first.epoch,
-            num_items=num_items,
+            num_items=num_items, objective=None if first.objective is None else cat("objective"),
         )
 
 

@@ -6,6 +6,8 @@ pair where the Dice gap allows it, and computes the reference log-likelihoods of
 reference pass is also the network's own prediction, whose Dice is kept beside y+ and y- as a diagnostic: it tells
 whether the preferred dropout hypothesis is better or worse than what the network predicts without dropout.
 With ``pairing='ground_truth'`` the preferred mask is the ground truth itself, so it is never worse than the network.
+With ``objectives=('dice', 'boundary')`` the hypotheses are also ranked by a boundary score (:mod:`.objectives`), and
+each objective gives its own pair, tagged with the objective's index.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import nn
 
 from nnunetv2_mapo.method import PAIRINGS
 from nnunetv2_mapo.method.dropout import DropoutInjector
+from nnunetv2_mapo.method.objectives import boundary_scores
 from nnunetv2_mapo.method.preference_loss import disagreement_counts, mask_log_likelihoods
 from nnunetv2_mapo.method.preference_set import PreferenceSet, empty_preference_set
 from nnunetv2_mapo.method.schedule import hypothesis_rates
@@ -64,6 +67,7 @@ def generate_preference_set(
     examples: RoundExamples | None = None,
     reference_pass: bool = True,
     pairing: str = "dropout",
+    objectives: Sequence[str] = ("dice",),
 ) -> PreferenceSet:
     """Runs one preference round over ``batches`` and returns the pairs it found.
 
@@ -89,19 +93,24 @@ def generate_preference_set(
         pairing: ``'dropout'`` (the paper's: y+ the best hypothesis, y- the worst one at least ``pair_margin``
             below it) or ``'ground_truth'`` (self-play style: y+ the ground truth, y- the worst hypothesis if its
             Dice is at most ``1 - pair_margin``).
+        objectives: What the hypotheses are ranked by, one pair per objective and item: ``'dice'`` and optionally
+            ``'boundary'`` (:func:`~nnunetv2_mapo.method.objectives.boundary_scores`); ``pair_margin`` applies to
+            each objective's score. The set records each pair's objective index when there are several.
 
     Raises:
-        ValueError: An unknown ``pairing``.
+        ValueError: An unknown ``pairing`` or objective.
 
     Returns:
         The preference set (possibly empty), on the CPU.
     """
     if pairing not in PAIRINGS:
         raise ValueError(f"Unknown pairing {pairing!r}; allowed values: {list(PAIRINGS)}.")
+    if tuple(objectives) not in (("dice",), ("dice", "boundary")):
+        raise ValueError(f"Unknown objectives {list(objectives)}; allowed: ['dice'] or ['dice', 'boundary'].")
     rates = torch.tensor(hypothesis_rates(dropout_rates, num_hypotheses))
     autocast = torch.autocast("cuda") if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     parts: dict[str, list] = {name: [] for name in ("images", "chosen", "rejected", "valid", "ref_c", "ref_r",
-                                                     "dice_c", "dice_r", "dice_n", "keys")}
+                                                     "dice_c", "dice_r", "dice_n", "keys", "objective")}
     num_items = 0
     with eval_mode(network):  # every module's own flag comes back afterwards, also when a batch fails
         for batch in batches:
@@ -120,52 +129,59 @@ def generate_preference_set(
                     hypotheses = logits_to_masks(logits, label_manager)
                     hypotheses = hypotheses.reshape(n, num_hypotheses, *hypotheses.shape[1:])
                     scores = mean_foreground_dice(hypotheses, reference, valid, label_manager)
-                    items = torch.arange(n, device=device)
-                    if pairing == "ground_truth":  # y+ = the ground truth (Dice 1), y- = the worst hypothesis
-                        rejected_idx = scores.argmin(1)
-                        chosen = reference.to(hypotheses.dtype)
-                        chosen_scores = torch.ones(n, device=device)
-                        has_pair = scores[items, rejected_idx] <= 1.0 - pair_margin
-                    else:
-                        chosen_idx, rejected_idx, has_pair = select_pairs(scores, pair_margin)
-                        chosen, chosen_scores = hypotheses[items, chosen_idx], scores[items, chosen_idx]
-                    rejected = hypotheses[items, rejected_idx]
+                    ranked_by = [scores] + [boundary_scores(hypotheses, reference, valid, label_manager)
+                                            for _ in objectives[1:]]
                     if reference_pass:
                         reference_logits = _first_output(network(data))
                         network_masks = logits_to_masks(reference_logits, label_manager).unsqueeze(1)
                         network_scores = mean_foreground_dice(network_masks, reference, valid, label_manager)[:, 0]
-                if reference_pass:
-                    ref_c, ref_r, num_disagree = mask_log_likelihoods(
-                        reference_logits.float(), chosen, rejected, valid, label_manager.has_regions)
-                else:
-                    num_disagree = disagreement_counts(chosen, rejected, valid, label_manager.has_regions)
-                    ref_c = ref_r = torch.zeros(n, device=device)
-                    network_masks, network_scores = None, torch.full((n,), float("nan"), device=device)
-                keep = has_pair & (num_disagree > 0)
-                if not bool(keep.any()):
-                    continue
-                keep_cpu = keep.cpu()
-                parts["images"].append(data[keep].half().cpu())
-                parts["chosen"].append(chosen[keep].cpu())
-                parts["rejected"].append(rejected[keep].cpu())
-                parts["valid"].append(None if valid is None else valid[keep].cpu())
-                parts["ref_c"].append(ref_c[keep].cpu())
-                parts["ref_r"].append(ref_r[keep].cpu())
-                parts["dice_c"].append(chosen_scores[keep].float().cpu())
-                parts["dice_r"].append(scores[items, rejected_idx][keep].float().cpu())
-                parts["dice_n"].append(network_scores[keep].float().cpu())
-                parts["keys"].extend(str(k) for k, kept in zip(keys_all[start:stop], keep_cpu.tolist()) if kept)
-                for i in keep.nonzero()[:, 0].tolist()[:examples.wanted if examples else 0]:
-                    examples.items.append({
-                        "image": data[i].cpu(), "reference": reference[i].cpu(),
-                        "network": None if network_masks is None else network_masks[i, 0].cpu(),
-                        "chosen": chosen[i].cpu(), "rejected": rejected[i].cpu(), "key": str(keys_all[start + i]),
-                        "dice_network": float(network_scores[i]), "dice_chosen": float(chosen_scores[i]),
-                        "dice_rejected": float(scores[i, rejected_idx[i]])})
-    return _assemble(parts, label_manager, round_index, epoch, num_items)
+                    else:
+                        network_masks, network_scores = None, torch.full((n,), float("nan"), device=device)
+                items = torch.arange(n, device=device)
+                for objective_index, ranking in enumerate(ranked_by):
+                    if pairing == "ground_truth":  # y+ = the ground truth (perfect score), y- = the worst hypothesis
+                        rejected_idx = ranking.argmin(1)
+                        chosen = reference.to(hypotheses.dtype)
+                        chosen_scores = torch.ones(n, device=device)
+                        has_pair = ranking[items, rejected_idx] <= 1.0 - pair_margin
+                    else:
+                        chosen_idx, rejected_idx, has_pair = select_pairs(ranking, pair_margin)
+                        chosen, chosen_scores = hypotheses[items, chosen_idx], scores[items, chosen_idx]
+                    rejected = hypotheses[items, rejected_idx]
+                    if reference_pass:
+                        ref_c, ref_r, num_disagree = mask_log_likelihoods(
+                            reference_logits.float(), chosen, rejected, valid, label_manager.has_regions)
+                    else:
+                        num_disagree = disagreement_counts(chosen, rejected, valid, label_manager.has_regions)
+                        ref_c = ref_r = torch.zeros(n, device=device)
+                    keep = has_pair & (num_disagree > 0)
+                    if not bool(keep.any()):
+                        continue
+                    keep_cpu = keep.cpu()
+                    parts["images"].append(data[keep].half().cpu())
+                    parts["chosen"].append(chosen[keep].cpu())
+                    parts["rejected"].append(rejected[keep].cpu())
+                    parts["valid"].append(None if valid is None else valid[keep].cpu())
+                    parts["ref_c"].append(ref_c[keep].cpu())
+                    parts["ref_r"].append(ref_r[keep].cpu())
+                    parts["dice_c"].append(chosen_scores[keep].float().cpu())
+                    parts["dice_r"].append(scores[items, rejected_idx][keep].float().cpu())
+                    parts["dice_n"].append(network_scores[keep].float().cpu())
+                    parts["objective"].append(torch.full((int(keep_cpu.sum()),), objective_index, dtype=torch.long))
+                    parts["keys"].extend(str(k) for k, kept in zip(keys_all[start:stop], keep_cpu.tolist()) if kept)
+                    wanted = examples.wanted if examples is not None and objective_index == 0 else 0
+                    for i in keep.nonzero()[:, 0].tolist()[:wanted]:
+                        examples.items.append({
+                            "image": data[i].cpu(), "reference": reference[i].cpu(),
+                            "network": None if network_masks is None else network_masks[i, 0].cpu(),
+                            "chosen": chosen[i].cpu(), "rejected": rejected[i].cpu(), "key": str(keys_all[start + i]),
+                            "dice_network": float(network_scores[i]), "dice_chosen": float(chosen_scores[i]),
+                            "dice_rejected": float(scores[i, rejected_idx[i]])})
+    return _assemble(parts, label_manager, round_index, epoch, num_items, len(objectives) > 1)
 
 
-def _assemble(parts: dict, label_manager: LabelManager, round_index: int, epoch: int, num_items: int) -> PreferenceSet:
+def _assemble(parts: dict, label_manager: LabelManager, round_index: int, epoch: int, num_items: int,
+              tag_objectives: bool) -> PreferenceSet:
     if parts["images"]:
         cat = lambda name: torch.cat(parts[name])  # noqa: E731
         return PreferenceSet(
@@ -174,5 +190,6 @@ def _assemble(parts: dict, label_manager: LabelManager, round_index: int, epoch:
             reference_chosen_logps=cat("ref_c"), reference_rejected_logps=cat("ref_r"),
             chosen_dice=cat("dice_c"), rejected_dice=cat("dice_r"), network_dice=cat("dice_n"), keys=parts["keys"],
             round_index=round_index, epoch=epoch, num_items=num_items,
+            objective=cat("objective") if tag_objectives else None,
         )
     return empty_preference_set(round_index, epoch, num_items, has_ignore=label_manager.has_ignore_label)

@@ -46,7 +46,8 @@ def logits_to_masks(logits: torch.Tensor, label_manager: LabelManager) -> torch.
     return labels.to(torch.uint8 if logits.shape[1] <= 256 else torch.int16)
 
 
-def _onehot(masks: torch.Tensor, num_channels: int, regions: bool) -> torch.Tensor:
+def one_hot_masks(masks: torch.Tensor, num_channels: int, regions: bool) -> torch.Tensor:
+    """``(N, C, *spatial)`` float one-hot of label maps ``(N, *spatial)``, or region masks as floats."""
     if regions:
         return masks.float()
     out = torch.zeros((masks.shape[0], num_channels, *masks.shape[1:]), device=masks.device)
@@ -75,7 +76,7 @@ def mean_foreground_dice(
     num_channels = label_manager.num_segmentation_heads
     flat = hypotheses.reshape(n * k, *hypotheses.shape[2:])
     ref = reference.repeat_interleave(k, 0)
-    pred_onehot = _onehot(flat, num_channels, regions)
+    pred_onehot = one_hot_masks(flat, num_channels, regions)
     mask = valid.repeat_interleave(k, 0).float() if valid is not None else None
     axes = tuple(range(2, pred_onehot.ndim))
     tp, fp, fn, _ = get_tp_fp_fn_tn(pred_onehot, ref.float() if regions else ref, axes=axes, mask=mask)

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from nnunetv2_mapo.method.objectives import combine_objectives
 from nnunetv2_mapo.method.preference_loss import DPOLoss
 from nnunetv2_mapo.method.preference_set import PreferenceBatch
 from nnunetv2_mapo.training.metrics import STEP_KEYS, inactive_step_stats
@@ -55,19 +56,24 @@ class MAPOLoss(nn.Module):
             (one synchronisation per step with pairs). Without the check (for CUDA training, where nnU-Net's gradient
             scaler skips any step whose gradients are not finite), a non-finite term is replaced by 0 on the device
             and counted in ``mapo_skipped_steps``.
+        num_objectives: Preference objectives (:mod:`nnunetv2_mapo.method.objectives`): with more than one, the
+            pairs' losses are combined per objective with adaptive weights instead of averaged.
 
     Raises:
-        ValueError: A negative weight.
+        ValueError: A negative weight, or fewer than one objective.
 
     After each call, :attr:`last_stats` holds the step metrics of :mod:`nnunetv2_mapo.training.metrics`: detached
     0-d tensors on the output's device, or NaN floats without pairs.
     """
 
     def __init__(self, segmentation_loss: nn.Module, preference_loss: DPOLoss, weight: float,
-                 check_finite: bool = True) -> None:
+                 check_finite: bool = True, num_objectives: int = 1) -> None:
         super().__init__()
         if not weight >= 0:
             raise ValueError(f"weight must be >= 0, got {weight}.")
+        if num_objectives < 1:
+            raise ValueError(f"num_objectives must be >= 1, got {num_objectives}.")
+        self.num_objectives = int(num_objectives)
         self.segmentation_loss = segmentation_loss
         self.preference_loss = preference_loss
         self.weight = float(weight)
@@ -98,7 +104,11 @@ class MAPOLoss(nn.Module):
             pair_logits, pairs.chosen, pairs.rejected, pairs.reference_chosen_logps, pairs.reference_rejected_logps,
             pairs.valid,
         )
-        preference = losses.mean()
+        if self.num_objectives > 1 and pairs.objective is not None:
+            preference = combine_objectives(losses, chosen_rewards - rejected_rewards, pairs.objective,
+                                            self.num_objectives)
+        else:
+            preference = losses.mean()
         if self.check_finite:
             if not torch.isfinite(preference):  # one host synchronisation
                 # A non-finite preference term never reaches the optimizer: this step trains on Dice+CE alone.

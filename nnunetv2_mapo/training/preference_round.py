@@ -24,6 +24,7 @@ from torch import distributed as dist
 
 from nnunetv2_mapo.method import REFERENCE_FREE_LOSS_TYPES
 from nnunetv2_mapo.method.dropout import find_injector, unwrap
+from nnunetv2_mapo.method.objectives import objectives_of
 from nnunetv2_mapo.method.preference_set import PreferenceSet
 from nnunetv2_mapo.method.round import RoundExamples, generate_preference_set
 from nnunetv2_mapo.training.distributed import (
@@ -104,7 +105,8 @@ def run_preference_round(trainer: nnUNetTrainerMAPO) -> tuple[PreferenceSet, dic
             network, find_injector(trainer.network), round_batches(trainer, keys, items_per_forward),
             trainer.label_manager, trainer.mapo_num_hypotheses, trainer.mapo_dropout_rates, trainer.mapo_pair_margin,
             items_per_forward, trainer.device, generator, trainer.mapo_round_index, trainer.current_epoch, examples,
-            reference_pass=trainer.mapo_loss_type not in REFERENCE_FREE_LOSS_TYPES, pairing=trainer.mapo_pairing)
+            reference_pass=trainer.mapo_loss_type not in REFERENCE_FREE_LOSS_TYPES, pairing=trainer.mapo_pairing,
+            objectives=objectives_of(trainer.mapo_objectives))
     finally:
         np.random.set_state(numpy_state)
     preference_set = gather_preference_set(preference_set)  # all ranks end with the same set

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nnunetv2_mapo.method import DROPOUT_MODES, LOSS_TYPES, PAIRINGS
+from nnunetv2_mapo.method import DROPOUT_MODES, LOSS_TYPES, OBJECTIVE_SETS, PAIRINGS
 
 ENV_VAR = "nnUNet_mapo_config"
 
@@ -68,6 +68,8 @@ MAPO_SETTINGS: tuple[Setting, ...] = (
             "tau: the dispreferred mask's Dice must be at least this far below the best"),
     Setting("mapo_pairing", "str", f"one of {list(PAIRINGS)}", lambda v: v in PAIRINGS, "dropout",
             "y+ is the best dropout hypothesis ('dropout', the paper) or the ground truth ('ground_truth')"),
+    Setting("mapo_objectives", "str", f"one of {list(OBJECTIVE_SETS)}", lambda v: v in OBJECTIVE_SETS, "dice",
+            "what rounds rank hypotheses by: Dice, or Dice and boundary (one pair each, adaptive weights)"),
     Setting("mapo_beta", "float", "a number > 0", lambda v: v > 0, 0.1, "DPO temperature beta"),
     Setting("mapo_weight", "float", "a number >= 0", lambda v: v >= 0, 0.5,
             "lambda: weight of the DPO term added to Dice+CE"),

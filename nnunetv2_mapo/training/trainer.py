@@ -25,6 +25,7 @@ from torch import nn
 
 from nnunetv2_mapo import __version__
 from nnunetv2_mapo.method.dropout import find_injector, inject_dropout, unwrap
+from nnunetv2_mapo.method.objectives import objectives_of
 from nnunetv2_mapo.method.preference_loss import DPOLoss
 from nnunetv2_mapo.method.preference_set import PreferenceBatch, PreferenceSet
 from nnunetv2_mapo.method.schedule import pairs_for_step
@@ -83,6 +84,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self.mapo_dropout_mode = "element"  # or "channel" (whole feature maps)
         self.mapo_pair_margin = 0.05  # tau: y- scores at least this much Dice below y+
         self.mapo_pairing = "dropout"  # y+ the best dropout hypothesis (the paper); or "ground_truth"
+        self.mapo_objectives = "dice"  # what pairs are ranked by; or "dice+boundary" (one pair per objective)
         self.mapo_beta = 0.1  # DPO temperature
         self.mapo_weight = 0.5  # lambda: weight of the preference term beside Dice+CE
         self.mapo_loss_type = "sigmoid"  # DPO; or "ipo", "hinge", "simpo", "dpop"
@@ -159,7 +161,8 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         preference = DPOLoss(self.mapo_beta, self.mapo_loss_type, regions=self.label_manager.has_regions,
                              simpo_gamma=self.mapo_simpo_gamma, dpop_penalty=self.mapo_dpop_lambda)
         # With a gradient scaler (CUDA) non-finite steps are skipped by nnU-Net: no host check needed per step.
-        return MAPOLoss(super()._build_loss(), preference, self.mapo_weight, check_finite=self.grad_scaler is None)
+        return MAPOLoss(super()._build_loss(), preference, self.mapo_weight, check_finite=self.grad_scaler is None,
+                        num_objectives=len(objectives_of(self.mapo_objectives)))
 
     def _register_log_keys(self) -> None:
         # nnU-Net's local logger only takes registered keys, one value per epoch; pad after loading old logs.

@@ -17,6 +17,7 @@ from nnunetv2_mapo.benchmark.runner import EVALUATION_FILE, Benchmark
 from nnunetv2_mapo.benchmark.spec import (
     BASELINE_TRAINER,
     EQUAL_COMPUTE_TRAINER,
+    WARMUP_TRAINER,
     BenchmarkInputError,
     BenchmarkSpec,
     validate_spec,
@@ -76,10 +77,27 @@ def test_warmups_per_seed_or_one_for_all_seeds(tmp_path: Path, monkeypatch, sing
     assert warmups == ([0] if single else [0, 1, 2])
     assert len(starts) == 6 and {seed for seed, _ in starts} == {0, 1, 2}
     for seed, source in starts:
-        assert source.startswith(f"seed_{0 if single else seed}{os.sep}"), source
+        assert f"shared_arms{os.sep}" in source and f"{os.sep}seed_{0 if single else seed}{os.sep}" in source, source
     assert BenchmarkSpec.__dataclass_fields__["single_warmup"].default is False
     with pytest.raises(BenchmarkInputError, match="--single-warmup needs --shared-warmup-epochs"):
         validate_spec(spec(single_warmup=True))
+
+
+def test_arms_are_shared_unless_the_folder_holds_its_own(tmp_path: Path) -> None:
+    bench = Benchmark(spec(equal_compute=True))
+    bench.dataset_name, bench.folder = "Dataset990_Toy", str(tmp_path / "benchmarks" / "variant")
+    bench.equal_compute_iterations = 5
+    mapo, baseline = bench.fold_folder(1, MAPO, 0), bench.fold_folder(1, BASELINE_TRAINER, 0)
+    assert mapo.startswith(os.path.join(bench.folder, "seed_1", "nnUNet_results", "Dataset990_Toy"))
+    assert baseline.startswith(str(tmp_path / "benchmarks" / "shared_arms" / "Dataset990_Toy__baseline__"))
+    assert os.path.dirname(bench.fold_folder(1, WARMUP_TRAINER, 0)) == os.path.dirname(os.path.dirname(
+        baseline)) + os.sep + f"{WARMUP_TRAINER}__nnUNetPlans__2d"
+    assert "__equal_compute__" in bench.fold_folder(1, EQUAL_COMPUTE_TRAINER, 0)
+    # a benchmark folder from before 0.6.0 trained its own baseline: it keeps using it
+    own = Path(bench.folder, "seed_1", "nnUNet_results", "Dataset990_Toy", f"{BASELINE_TRAINER}__nnUNetPlans__2d")
+    own.mkdir(parents=True)
+    assert bench.fold_folder(1, BASELINE_TRAINER, 0) == str(own / "fold_0")
+    assert bench.fold_folder(0, BASELINE_TRAINER, 0) != str(own / "fold_0").replace("seed_1", "seed_0")
 
 
 def test_input_errors_before_any_work(tmp_path: Path, capsys) -> None:
@@ -188,6 +206,23 @@ def test_benchmark_end_to_end(e2e_run: dict, capsys) -> None:
     assert "training" not in second.replace("training_curves", "")
     again = json.loads((folder / "results.json").read_text())
     assert [r["Dice"] for r in again["runs"]] == [r["Dice"] for r in results["runs"]]
+
+    # another MAPO trainer in the same workspace: a folder of its own that trains only its MAPO arm
+    variant = [*e2e_run["argv"], "--mapo-trainer", "nnUNetTrainerMAPO_GTAnchored"]
+    assert run_benchmark_from_args(parse(variant)) == 0
+    third = capsys.readouterr().out
+    assert f"skip {BASELINE_TRAINER} (finished)" in third and f"skip {EQUAL_COMPUTE_TRAINER} (finished)" in third
+    assert "training MAPO" in third and "skip shared warm-up (finished)" in third
+    assert "training the shared warm-up" not in third and "training the baseline" not in third
+    variant_folder = Path(next(line.split("results: ")[1].split(" (and")[0] for line in third.splitlines()
+                               if "results: " in line)).parent
+    assert variant_folder != folder and variant_folder.parent == folder.parent
+    variant_results = json.loads((variant_folder / "results.json").read_text())
+    shared = {r["trainer"]: r for r in variant_results["runs"]}
+    assert shared[BASELINE_TRAINER]["Dice"] == runs[BASELINE_TRAINER]["Dice"]
+    assert shared[BASELINE_TRAINER]["output_folder"] == runs[BASELINE_TRAINER]["output_folder"]
+    assert "shared_arms" in runs[BASELINE_TRAINER]["output_folder"]
+    assert math.isfinite(shared["nnUNetTrainerMAPO_GTAnchored"]["Dice"])
 
     # the same benchmark folder with another budget is refused before any work
     other = [*e2e_run["argv"], "--name", folder.name]

@@ -7,6 +7,7 @@ from benchmark_helpers import spec
 
 from nnunetv2_mapo.benchmark.spec import (
     BenchmarkInputError,
+    shared_arm_name,
     trainer_settings,
     validate_spec,
 )
@@ -24,6 +25,25 @@ def test_trainer_settings_per_role() -> None:
     assert trainer_settings(s, "equal_compute", 3, iterations=7) == {**baseline, "num_iterations_per_epoch": 7}
     with pytest.raises(ValueError):
         trainer_settings(s, "other", 0)
+
+
+def test_shared_arms_ignore_the_mapo_trainer_and_its_settings_only() -> None:
+    base = spec(settings={"mapo_beta": 0.5, "initial_lr": 0.02})
+    name = shared_arm_name(base, "Dataset990_Toy", "baseline")
+    assert name.startswith("Dataset990_Toy__baseline__")
+    # what MAPO alone reads does not change the baseline's folder; the warm-up shares it
+    assert shared_arm_name(spec(settings={"initial_lr": 0.02}, mapo_trainer="nnUNetTrainerMAPO_DPOP",
+                                equal_compute=True, seeds=3), "Dataset990_Toy", "warmup") == name
+    # what the baseline's training reads does
+    for changes in ({"settings": {"initial_lr": 0.03}}, {"iterations": 4}, {"train_cases": 20}, {"batch_size": 8},
+                    {"configuration": "3d_fullres"}, {"shared_warmup_epochs": 1}):
+        assert shared_arm_name(spec(**{"settings": {"initial_lr": 0.02}, **changes}), "Dataset990_Toy",
+                               "baseline") != name, changes
+    equal = shared_arm_name(base, "Dataset990_Toy", "equal_compute", 9)
+    assert equal.startswith("Dataset990_Toy__equal_compute__")
+    assert equal != shared_arm_name(base, "Dataset990_Toy", "equal_compute", 10)
+    with pytest.raises(ValueError, match="not 'mapo'"):
+        shared_arm_name(base, "Dataset990_Toy", "mapo")
 
 
 @pytest.mark.parametrize(("changes", "message"), [

@@ -79,6 +79,27 @@ def test_version_1_states_load_without_network_dice(label_round):
     assert math.isnan(restored.chosen_beats_network)
 
 
+def test_objective_tags_survive_the_state_sampling_and_concatenation(label_round, tmp_path):
+    network, batches, single = label_round
+    both = generate(network, batches, round_index=3, epoch=17, objectives=("dice", "boundary"))
+    restored = roundtrip(both, tmp_path)
+    assert torch.equal(restored.objective, both.objective)
+    batch = both.sample(len(both), torch.Generator().manual_seed(0))
+    index = torch.randperm(len(both), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(batch.objective, both.objective[index])
+    assert single.sample(2, torch.Generator()).objective is None
+    joined = PreferenceSet.concatenate([both, empty_preference_set(3, 17, 2), both])
+    assert torch.equal(joined.objective, torch.cat([both.objective, both.objective]))
+    state = both.state_dict()
+    state["version"] = 2  # sets saved before the objectives: every pair is a Dice pair
+    del state["objective"]
+    assert PreferenceSet.from_state_dict(state).objective is None
+    with pytest.raises(ValueError, match="different numbers"):
+        PreferenceSet.from_state_dict(both.state_dict() | {"objective": both.objective[:-1]})
+    with pytest.raises(ValueError, match="wrong type"):
+        PreferenceSet.from_state_dict(both.state_dict() | {"objective": 1})
+
+
 def corrupt_states(state: dict) -> list[tuple[str, dict]]:
     return [
         ("version", state | {"version": STATE_VERSION + 1}),

@@ -12,6 +12,7 @@ from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss, DC_and_CE_lo
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
+from nnunetv2_mapo.method.objectives import combine_objectives
 from nnunetv2_mapo.method.preference_loss import DPOLoss, dpo_loss, mask_log_likelihoods
 from nnunetv2_mapo.method.preference_set import PreferenceBatch
 from nnunetv2_mapo.training.loss import MAPOLoss, append_pair_rows, collate_step_stats, split_pair_rows
@@ -132,6 +133,25 @@ def test_pair_logits_of_a_pass_of_their_own_give_the_same_loss_as_appended_rows(
     torch.testing.assert_close(other, segmentation + 0.7 * expected_dpo(own, batch, 0.5)[0].mean())
     other.backward()
     assert own.grad is not None and own.grad.abs().sum() > 0
+
+
+def test_two_objectives_combine_the_pairs_losses_with_adaptive_weights():
+    out, tgt = outputs(BATCH + 4), targets()
+    batch = pairs(count=4)
+    batch.objective = torch.tensor([0, 1, 1, 0])
+    mapo = MAPOLoss(nnunet_loss(), DPOLoss(0.5), 0.7, num_objectives=2)
+    got = mapo(out, tgt, pairs=batch)
+    losses, chosen_r, rejected_r = expected_dpo(out[0][BATCH:], batch, 0.5)
+    combined = combine_objectives(losses, chosen_r - rejected_r, batch.objective, 2)
+    segmentation = nnunet_loss()([o[:BATCH] for o in out], tgt)
+    torch.testing.assert_close(got, segmentation + 0.7 * combined)
+    assert not torch.allclose(combined, losses.mean())  # not the plain mean: the margins differ per objective
+    assert mapo.last_stats["mapo_dpo_loss"] == pytest.approx(combined.item(), rel=1e-5)
+    # pairs without objective tags (a set of one objective) are averaged
+    batch.objective = None
+    torch.testing.assert_close(mapo(out, tgt, pairs=batch), segmentation + 0.7 * losses.mean())
+    with pytest.raises(ValueError, match="num_objectives"):
+        MAPOLoss(nnunet_loss(), DPOLoss(), 1.0, num_objectives=0)
 
 
 def test_pair_rows_do_not_enter_the_segmentation_loss():

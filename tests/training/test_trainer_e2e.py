@@ -220,7 +220,9 @@ def test_hippocampus_few_cases(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("trainer", "setting", "value"), [("nnUNetTrainerMAPO_SimPO", "mapo_loss_type", "simpo"),
                                                             ("nnUNetTrainerMAPO_DPOP", "mapo_loss_type", "dpop"),
                                                             ("nnUNetTrainerMAPO_GTAnchored", "mapo_pairing",
-                                                             "ground_truth")])
+                                                             "ground_truth"),
+                                                            ("nnUNetTrainerMAPO_MultiObjective", "mapo_objectives",
+                                                             "dice+boundary")])
 def test_loss_and_pair_variants_train_end_to_end(ws2d: Workspace, trainer: str, setting: str, value: str) -> None:
     output = ws2d.train(901, "2d", 4, trainer, "cpu", TINY | {"num_epochs": 2, "mapo_regen_every": 1})
     fold = ws2d.output_folder(901, trainer, "2d", 4)

@@ -6,6 +6,7 @@ Combine them by multiple inheritance, like nnU-Net's own variants:
 - :mod:`.preference_loss`: other preference losses (IPO, hinge)
 - :mod:`.schedule`: other round schedules (no warm-up)
 - :mod:`.dropout`: other hypothesis generators (channel dropout)
-- :mod:`.pairs`: other preference pairs (ground truth preferred), and the paper's formulation pinned
+- :mod:`.pairs`: other preference pairs (ground truth preferred; Dice and boundary objectives), and the paper's
+  formulation pinned
 - :mod:`.networks`: MAPO on nnU-Net's other trainers' networks (BatchNorm U-Net, Primus Transformers)
 """

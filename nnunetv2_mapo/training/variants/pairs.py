@@ -6,7 +6,7 @@ import torch
 
 from nnunetv2_mapo.training.trainer import nnUNetTrainerMAPO
 
-__all__ = ["nnUNetTrainerMAPO_GTAnchored", "nnUNetTrainerMAPO_PaperFormulation"]
+__all__ = ["nnUNetTrainerMAPO_GTAnchored", "nnUNetTrainerMAPO_MultiObjective", "nnUNetTrainerMAPO_PaperFormulation"]
 
 
 class nnUNetTrainerMAPO_GTAnchored(nnUNetTrainerMAPO):
@@ -17,6 +17,17 @@ class nnUNetTrainerMAPO_GTAnchored(nnUNetTrainerMAPO):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.mapo_pairing = "ground_truth"
+
+
+class nnUNetTrainerMAPO_MultiObjective(nnUNetTrainerMAPO):
+    """Pairs ranked by overlap (Dice) and by boundary (surface Dice at one voxel), one pair per objective and item,
+    their preference losses combined with adaptive weights from a Gaussian model of the policy's margins (our
+    formulation in the spirit of AMoPO, arXiv 2506.07165; ``nnunetv2_mapo.method.objectives``)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.mapo_objectives = "dice+boundary"
 
 
 class nnUNetTrainerMAPO_PaperFormulation(nnUNetTrainerMAPO):
@@ -34,6 +45,7 @@ class nnUNetTrainerMAPO_PaperFormulation(nnUNetTrainerMAPO):
         self.mapo_dropout_mode = "element"
         self.mapo_pair_margin = 0.05
         self.mapo_pairing = "dropout"
+        self.mapo_objectives = "dice"
         self.mapo_beta = 0.1
         self.mapo_weight = 0.5
         self.mapo_loss_type = "sigmoid"
