@@ -58,4 +58,5 @@ Modules:
 - :mod:`.trainers`, :mod:`.lookup`: the baseline and warm-up trainers, listed for nnU-Net only in the benchmark's own
   processes
 - :mod:`.cli`: the command's arguments
+- :mod:`.compare`: ``nnunetv2_mapo benchmark-compare``, several variants' benchmarks in one table
 """

@@ -1,5 +1,5 @@
 """The ``nnunetv2_mapo`` command: ``env``, ``doctor``, ``settings``, ``evaluate``, ``demo``, ``benchmark``,
-``round-cost``, ``convert-ph2``, ``predict``.
+``benchmark-compare``, ``round-cost``, ``convert-ph2``, ``predict``.
 
 Each sub-command lives in a module with ``add_arguments(parser)`` and ``run(args) -> int``. Only the module of the
 command being run is imported (``nnunetv2_mapo env``, which shells ``eval``, imports neither torch nor nnU-Net).
@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                                   "fold disagreement)"),
     "demo": ("nnunetv2_mapo.commands.demo", "plan, train MAPO briefly, predict and evaluate on a small dataset"),
     "benchmark": ("nnunetv2_mapo.benchmark.cli", "nnUNetTrainer vs nnUNetTrainerMAPO: same split and budget"),
+    "benchmark-compare": ("nnunetv2_mapo.benchmark.compare", "the benchmarks of several MAPO variants in one table"),
     "round-cost": ("nnunetv2_mapo.commands.round_cost", "time preference rounds against cases and patch size"),
     "convert-ph2": ("nnunetv2_mapo.commands.convert_ph2", "write the PH2 dermoscopy database as nnU-Net's "
                                                           "Dataset501_PH2"),

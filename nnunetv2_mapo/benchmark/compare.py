@@ -1,0 +1,127 @@
+"""``nnunetv2_mapo benchmark-compare``: the benchmarks of several MAPO variants side by side, in one markdown table.
+
+Each benchmark folder (``nnunetv2_mapo benchmark``, one ``--mapo-trainer`` each) holds its ``results.json``. The
+folders must come from the same protocol (dataset, configuration, budget, batch size, split, settings), which is what
+lets them share the baseline and the equal-compute arm (:func:`.spec.shared_arm_name`). The table has one row per
+variant: its mean metrics, the paired per-case difference to the baseline (and to the equal-compute arm, when run)
+with its 95% interval and seed wins, and its wall time against the baseline's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from nnunetv2_mapo.benchmark.spec import BASELINE_TRAINER, EQUAL_COMPUTE_TRAINER
+
+PROTOCOL_KEYS = ("dataset_id", "configuration", "epochs", "iterations", "val_iterations", "batch_size",
+                 "shared_warmup_epochs", "single_warmup", "device", "train_cases", "split_file", "seeds", "folds")
+METRICS = (("Dice", "{:.4f}"), ("HD95", "{:.2f}"), ("ASD", "{:.3f}"), ("NSD", "{:.4f}"))
+
+
+class CompareInputError(ValueError):
+    """Benchmark folders that cannot be compared (missing results, other protocols)."""
+
+
+def load_results(folders: Sequence[str]) -> list[dict[str, Any]]:
+    """Reads ``results.json`` of each folder and checks that they share one protocol.
+
+    Args:
+        folders: Benchmark folders (``WORKDIR/benchmarks/NAME``).
+
+    Returns:
+        The results, in the order given.
+
+    Raises:
+        CompareInputError: A folder without ``results.json``, or folders whose protocols differ (naming the keys).
+    """
+    results = []
+    for folder in folders:
+        path = os.path.join(folder, "results.json")
+        if not os.path.isfile(path):
+            raise CompareInputError(f"{path} does not exist: run `nnunetv2_mapo benchmark` (or --report-only) for "
+                                    f"{folder} first.")
+        with open(path, encoding="utf-8") as handle:
+            results.append(json.load(handle))
+    if not results:
+        raise CompareInputError("Give at least one benchmark folder.")
+    first = results[0]["spec"]
+    for folder, result in zip(folders[1:], results[1:]):
+        differ = [k for k in PROTOCOL_KEYS if result["spec"].get(k) != first.get(k)]
+        settings = {k: v for k, v in result["spec"].get("settings", {}).items() if not k.startswith("mapo_")}
+        if settings != {k: v for k, v in first.get("settings", {}).items() if not k.startswith("mapo_")}:
+            differ.append("settings (nnU-Net keys)")
+        if differ:
+            raise CompareInputError(f"{folder} was run with another protocol than {folders[0]}: {differ} differ.")
+    return results
+
+
+def _mean(result: Mapping[str, Any], trainer: str, key: str) -> float:
+    return result["summary"].get(trainer, {}).get(key, {}).get("mean", math.nan)
+
+
+def _difference(paired: Mapping[str, Any], metric: str, fmt: str) -> str:
+    cells = [c[metric] for c in paired.values() if metric in c]
+    if len(cells) != 1:  # several folds: their own tables in each results.md
+        return "–"
+    c = cells[0]
+    return (f"{fmt.format(c['mean_difference'])} [{fmt.format(c['ci_low'])}, {fmt.format(c['ci_high'])}] "
+            f"{c['seed_wins']}/{c['seeds']}")
+
+
+def compare_table(results: Sequence[Mapping[str, Any]]) -> str:
+    """The markdown table of :func:`load_results`' results (see the module docstring).
+
+    Args:
+        results: ``results.json`` of each benchmark, one MAPO trainer each.
+
+    Returns:
+        Markdown: a table of the arms' means, and one of the paired differences.
+    """
+    first = results[0]
+    arms = [(BASELINE_TRAINER, first)] + ([(EQUAL_COMPUTE_TRAINER, first)] if first["spec"].get("equal_compute")
+                                          else [])
+    arms += [(r["spec"]["mapo_trainer"], r) for r in results]
+    base_wall = _mean(first, BASELINE_TRAINER, "wall_seconds")
+    lines = ["| arm | Dice | HD95 | ASD | NSD | wall time / baseline | rounds' share |",
+             "|---|---|---|---|---|---|---|"]
+    for trainer, result in arms:
+        cells = [fmt.format(_mean(result, trainer, metric)) for metric, fmt in METRICS]
+        wall = _mean(result, trainer, "wall_seconds") / base_wall if base_wall else math.nan
+        share = _mean(result, trainer, "preference_share")
+        lines.append(f"| {trainer} | {' | '.join(cells)} | {wall:.2f}x | "
+                     f"{'–' if math.isnan(share) else f'{share:.1%}'} |")
+    shown = (("Dice", "{:+.4f}"), ("HD95", "{:+.2f}"), ("ASD", "{:+.3f}"))
+    lines += ["", "Paired per-case differences, variant - arm: mean [95% interval] seed wins",
+              "", "| variant | against | " + " | ".join(m for m, _ in shown) + " |", "|---|---|---|---|---|"]
+    for result in results:
+        for against, key in (("baseline", "paired"), ("equal compute", "paired_equal_compute")):
+            if key in result:
+                cells = [_difference(result[key], metric, fmt) for metric, fmt in shown]
+                lines.append(f"| {result['spec']['mapo_trainer']} | {against} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the arguments of ``nnunetv2_mapo benchmark-compare`` to ``parser``."""
+    parser.add_argument("folders", nargs="+", help="benchmark folders (WORKDIR/benchmarks/NAME) of one protocol")
+    parser.add_argument("-o", "--output", default=None, help="also write the table to this markdown file")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point: prints the table; 2 for folders that cannot be compared."""
+    try:
+        table = compare_table(load_results(args.folders))
+    except CompareInputError as err:
+        print(f"nnunetv2_mapo benchmark-compare: error: {err}", file=sys.stderr)
+        return 2
+    print(table)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(table + "\n")
+    return 0
