@@ -26,7 +26,7 @@ lint: setup
 # nnU-Net's single-threaded start-up, planning and export, which the other worker's training overlaps. Passive OpenMP
 # waiting: two trainings share the cores, and spinning threads would take the time slices the other one needs.
 test: setup lint
-	cd tests && OMP_WAIT_POLICY=PASSIVE ../$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile .
+	cd tests && OMP_WAIT_POLICY=PASSIVE ../$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=25 .
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_run

@@ -55,6 +55,8 @@ def _rates_ok(rates: list) -> bool:
 MAPO_SETTINGS: tuple[Setting, ...] = (
     Setting("mapo_warmup_epochs", "optional_int", "an integer >= 0 and < num_epochs, or null (10% of num_epochs)",
             lambda v: v is None or v >= 0, None, "epochs of plain Dice+CE training before the first preference round"),
+    Setting("mapo_start_dice", "float", "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0, 0.0,
+            "the first round also waits until nnU-Net's EMA pseudo Dice reaches this (0: right after the warm-up)"),
     Setting("mapo_regen_every", "int", "an integer >= 1", lambda v: v >= 1, 50,
             "epochs between preference rounds (set regenerated, reference refreshed)"),
     Setting("mapo_num_hypotheses", "int", "an integer >= 2", lambda v: v >= 2, 8,

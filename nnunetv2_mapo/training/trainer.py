@@ -78,6 +78,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
 
         ### Some hyperparameters for you to fiddle with (ranges: nnunetv2_mapo settings; why: docs/settings.md)
         self.mapo_warmup_epochs: int | None = None  # plain Dice+CE epochs before the first round; None: 10%
+        self.mapo_start_dice = 0.0  # the first round also waits for nnU-Net's EMA pseudo Dice to reach this
         self.mapo_regen_every = 50  # epochs between preference rounds (the paper's Figure 2)
         self.mapo_num_hypotheses = 8  # K dropout predictions per training case and round
         self.mapo_dropout_rates = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)  # spread over the K hypotheses
@@ -185,7 +186,9 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
                                    **self.mapo_settings()})
         self.print_to_log_file("MAPO settings: " + json.dumps(self.mapo_settings()), also_print_to_console=False)
         self.print_to_log_file(
-            f"MAPO: warm-up {self.mapo_warmup_epochs} epochs, then a preference round every {self.mapo_regen_every} "
+            f"MAPO: warm-up {self.mapo_warmup_epochs} epochs"
+            f"{f' and an EMA pseudo Dice of {self.mapo_start_dice}' if self.mapo_start_dice > 0 else ''}, "
+            f"then a preference round every {self.mapo_regen_every} "
             f"epochs ({min(len(self.mapo_train_keys), self.mapo_cases_per_round or 10**9)} cases x "
             f"{self.mapo_num_hypotheses} hypotheses), {self.mapo_pairs_per_step:g} pairs per step on average, "
             f"weight {self.mapo_weight}, beta {self.mapo_beta}.")
@@ -197,10 +200,20 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
 
     # --------------------------------------------------------------------------------------- preference rounds
     def mapo_round_due(self, epoch: int) -> bool:
-        """Whether a preference round runs at the start of ``epoch``."""
+        """Whether a preference round runs at the start of ``epoch``: the first after the warm-up, once the network
+        segments well enough (``mapo_start_dice``), then every ``mapo_regen_every`` epochs after the last one."""
         if epoch < self.mapo_warmup_epochs:
             return False
-        return self.mapo_preference_set is None or (epoch - self.mapo_warmup_epochs) % self.mapo_regen_every == 0
+        if self.mapo_preference_set is None:
+            return self.mapo_network_ready()
+        return epoch - self.mapo_preference_set.epoch >= self.mapo_regen_every
+
+    def mapo_network_ready(self) -> bool:
+        """nnU-Net's EMA pseudo Dice of the last epoch has reached ``mapo_start_dice`` (always, when that is 0).
+
+        Every rank logs the same value (nnU-Net gathers the validation counts first), so all ranks agree."""
+        ema = self.logger.local_logger.my_fantastic_logging.get("ema_fg_dice", [])
+        return self.mapo_start_dice <= 0 or (len(ema) > 0 and ema[-1] >= self.mapo_start_dice)
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
@@ -208,6 +221,10 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self.mapo_step_stats = []
         if self.mapo_round_due(self.current_epoch):
             self.run_preference_round()
+        elif self.mapo_preference_set is None and self.current_epoch >= self.mapo_warmup_epochs:
+            ema = self.logger.local_logger.my_fantastic_logging.get("ema_fg_dice", [])
+            self.print_to_log_file(f"MAPO: no round yet, the EMA pseudo Dice {ema[-1] if ema else math.nan:.4f} is "
+                                   f"below mapo_start_dice {self.mapo_start_dice}.")
 
     def run_preference_round(self) -> PreferenceSet:
         """Regenerates the preference set from the training cases with the current network as reference."""

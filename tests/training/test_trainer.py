@@ -6,6 +6,7 @@ import json
 import math
 import os
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -84,15 +85,46 @@ def test_variant_attributes_are_validated_too(make_trainer) -> None:
         make_trainer(mapo_warmup_epochs=1000, num_epochs=1000).initialize()
 
 
+def rounds_run(trainer, epochs: range, ema: list[float] | None = None) -> list[int]:
+    """The epochs at which rounds run, each round leaving a set stamped with its epoch (as a real round does)."""
+    trainer.mapo_preference_set, rounds = None, []
+    for epoch in epochs:
+        if ema is not None:
+            trainer.logger.local_logger.my_fantastic_logging["ema_fg_dice"] = ema[:epoch]  # logged at epoch ends
+        if trainer.mapo_round_due(epoch):
+            rounds.append(epoch)
+            trainer.mapo_preference_set = SimpleNamespace(epoch=epoch)
+    return rounds
+
+
 def test_round_schedule(make_trainer) -> None:
     trainer = make_trainer(mapo_warmup_epochs=3, mapo_regen_every=5, num_epochs=30)
     trainer.initialize()
     assert [e for e in range(15) if trainer.mapo_round_due(e)] == list(range(3, 15))  # no set yet: all due
-    trainer.mapo_preference_set = object()  # once a set exists, rounds follow the schedule
-    assert [e for e in range(15) if trainer.mapo_round_due(e)] == [3, 8, 13]
+    assert rounds_run(trainer, range(15)) == [3, 8, 13]
+    trainer.mapo_preference_set = SimpleNamespace(epoch=8)  # resumed at epoch 10 with the set of epoch 8
+    assert [e for e in range(10, 15) if trainer.mapo_round_due(e)] == [13, 14]
     no_warmup = make_trainer(nnUNetTrainerMAPO_NoWarmup, num_epochs=10)
     no_warmup.initialize()
     assert no_warmup.mapo_round_due(0)
+
+
+def test_first_round_waits_for_the_pseudo_dice(make_trainer, capsys) -> None:
+    ema = [0.0, 0.1, 0.2, 0.3, 0.45, 0.55, 0.5, 0.6, 0.7, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8]
+    gated = make_trainer(mapo_warmup_epochs=3, mapo_regen_every=5, num_epochs=30, mapo_start_dice=0.5)
+    gated.initialize()
+    # the EMA of epoch 5 (0.55) is known at the start of epoch 6; then every 5 epochs from there, whatever follows
+    assert rounds_run(gated, range(15), ema) == [6, 11]
+    assert rounds_run(gated, range(15), [0.2] * 15) == []  # never ready: never a round (MAPO = nnU-Net)
+    ungated = make_trainer(mapo_warmup_epochs=3, mapo_regen_every=5, num_epochs=30)
+    ungated.initialize()
+    assert rounds_run(ungated, range(15), [0.0] * 15) == [3, 8, 13]  # 0 (the default): the warm-up alone decides
+    gated.mapo_preference_set, gated.current_epoch = None, 4
+    gated.logger.local_logger.my_fantastic_logging["ema_fg_dice"] = ema[:4]
+    gated.on_train_epoch_start()
+    log = open(gated.log_file).read()
+    assert "no round yet, the EMA pseudo Dice 0.3000 is below mapo_start_dice 0.5" in log
+    assert gated.mapo_preference_set is None
 
 
 def test_round_step_and_state_round_trip(make_trainer) -> None:
