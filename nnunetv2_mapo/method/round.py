@@ -19,9 +19,9 @@ import torch
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from torch import nn
 
-from nnunetv2_mapo.method import PAIRINGS
+from nnunetv2_mapo.method import OBJECTIVE_SETS, PAIRINGS
 from nnunetv2_mapo.method.dropout import DropoutInjector
-from nnunetv2_mapo.method.objectives import boundary_scores
+from nnunetv2_mapo.method.objectives import boundary_scores, objectives_of
 from nnunetv2_mapo.method.preference_loss import disagreement_counts, mask_log_likelihoods
 from nnunetv2_mapo.method.preference_set import PreferenceSet, empty_preference_set
 from nnunetv2_mapo.method.schedule import hypothesis_rates
@@ -105,8 +105,9 @@ def generate_preference_set(
     """
     if pairing not in PAIRINGS:
         raise ValueError(f"Unknown pairing {pairing!r}; allowed values: {list(PAIRINGS)}.")
-    if tuple(objectives) not in (("dice",), ("dice", "boundary")):
-        raise ValueError(f"Unknown objectives {list(objectives)}; allowed: ['dice'] or ['dice', 'boundary'].")
+    if "+".join(objectives) not in OBJECTIVE_SETS:
+        raise ValueError(f"Unknown objectives {list(objectives)}; allowed: "
+                         f"{[list(objectives_of(name)) for name in OBJECTIVE_SETS]}.")
     rates = torch.tensor(hypothesis_rates(dropout_rates, num_hypotheses))
     autocast = torch.autocast("cuda") if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     parts: dict[str, list] = {name: [] for name in ("images", "chosen", "rejected", "valid", "ref_c", "ref_r",
@@ -129,8 +130,9 @@ def generate_preference_set(
                     hypotheses = logits_to_masks(logits, label_manager)
                     hypotheses = hypotheses.reshape(n, num_hypotheses, *hypotheses.shape[1:])
                     scores = mean_foreground_dice(hypotheses, reference, valid, label_manager)
-                    ranked_by = [scores] + [boundary_scores(hypotheses, reference, valid, label_manager)
-                                            for _ in objectives[1:]]
+                    ranked_by = [scores]  # Dice, then the boundary score when it is an objective too
+                    if "boundary" in objectives:
+                        ranked_by.append(boundary_scores(hypotheses, reference, valid, label_manager))
                     if reference_pass:
                         reference_logits = _first_output(network(data))
                         network_masks = logits_to_masks(reference_logits, label_manager).unsqueeze(1)

@@ -212,8 +212,11 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         """nnU-Net's EMA pseudo Dice of the last epoch has reached ``mapo_start_dice`` (always, when that is 0).
 
         Every rank logs the same value (nnU-Net gathers the validation counts first), so all ranks agree."""
+        return self.mapo_start_dice <= 0 or self._mapo_ema_dice() >= self.mapo_start_dice  # NaN: not yet logged
+
+    def _mapo_ema_dice(self) -> float:
         ema = self.logger.local_logger.my_fantastic_logging.get("ema_fg_dice", [])
-        return self.mapo_start_dice <= 0 or (len(ema) > 0 and ema[-1] >= self.mapo_start_dice)
+        return float(ema[-1]) if ema else math.nan
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
@@ -222,8 +225,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         if self.mapo_round_due(self.current_epoch):
             self.run_preference_round()
         elif self.mapo_preference_set is None and self.current_epoch >= self.mapo_warmup_epochs:
-            ema = self.logger.local_logger.my_fantastic_logging.get("ema_fg_dice", [])
-            self.print_to_log_file(f"MAPO: no round yet, the EMA pseudo Dice {ema[-1] if ema else math.nan:.4f} is "
+            self.print_to_log_file(f"MAPO: no round yet, the EMA pseudo Dice {self._mapo_ema_dice():.4f} is "
                                    f"below mapo_start_dice {self.mapo_start_dice}.")
 
     def run_preference_round(self) -> PreferenceSet:
