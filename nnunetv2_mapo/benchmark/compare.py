@@ -17,7 +17,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from nnunetv2_mapo.benchmark.spec import BASELINE_TRAINER, EQUAL_COMPUTE_TRAINER
+from nnunetv2_mapo.benchmark.spec import BASELINE_TRAINER, EQUAL_COMPUTE_TRAINER, nnunet_settings
 
 PROTOCOL_KEYS = ("dataset_id", "configuration", "epochs", "iterations", "val_iterations", "batch_size",
                  "shared_warmup_epochs", "single_warmup", "device", "train_cases", "split_file", "seeds", "folds")
@@ -53,8 +53,7 @@ def load_results(folders: Sequence[str]) -> list[dict[str, Any]]:
     first = results[0]["spec"]
     for folder, result in zip(folders[1:], results[1:]):
         differ = [k for k in PROTOCOL_KEYS if result["spec"].get(k) != first.get(k)]
-        settings = {k: v for k, v in result["spec"].get("settings", {}).items() if not k.startswith("mapo_")}
-        if settings != {k: v for k, v in first.get("settings", {}).items() if not k.startswith("mapo_")}:
+        if nnunet_settings(result["spec"].get("settings", {})) != nnunet_settings(first.get("settings", {})):
             differ.append("settings (nnU-Net keys)")
         if differ:
             raise CompareInputError(f"{folder} was run with another protocol than {folders[0]}: {differ} differ.")

@@ -246,6 +246,11 @@ def trainer_settings(spec: BenchmarkSpec, role: str, seed: int, iterations: int 
     return settings
 
 
+def nnunet_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings every arm trains with: ``settings`` without the ``mapo_*`` keys that only MAPO reads."""
+    return {k: v for k, v in settings.items() if not k.startswith("mapo_")}
+
+
 def shared_arm_name(spec: BenchmarkSpec, dataset_name: str, role: str, iterations: int | None = None) -> str:
     """The folder, under ``benchmarks/shared_arms``, of the trainings that do not depend on the MAPO trainer.
 
@@ -270,7 +275,7 @@ def shared_arm_name(spec: BenchmarkSpec, dataset_name: str, role: str, iteration
     if role not in ("baseline", "warmup", "equal_compute"):
         raise ValueError(f"Only the baseline, its warm-up and the equal-compute arm are shared, not {role!r}.")
     defining = {k: v for k, v in spec.comparable().items() if k not in ("mapo_trainer", "equal_compute", "settings")}
-    defining["settings"] = {k: v for k, v in spec.settings.items() if not k.startswith("mapo_")}
+    defining["settings"] = nnunet_settings(spec.settings)
     if role == "equal_compute":
         defining["equal_compute_iterations"] = iterations
     digest = hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:10]
