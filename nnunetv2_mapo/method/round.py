@@ -139,17 +139,9 @@ def generate_preference_set(
                         network_scores = mean_foreground_dice(network_masks, reference, valid, label_manager)[:, 0]
                     else:
                         network_masks, network_scores = None, torch.full((n,), float("nan"), device=device)
-                items = torch.arange(n, device=device)
                 for objective_index, ranking in enumerate(ranked_by):
-                    if pairing == "ground_truth":  # y+ = the ground truth (perfect score), y- = the worst hypothesis
-                        rejected_idx = ranking.argmin(1)
-                        chosen = reference.to(hypotheses.dtype)
-                        chosen_scores = torch.ones(n, device=device)
-                        has_pair = ranking[items, rejected_idx] <= 1.0 - pair_margin
-                    else:
-                        chosen_idx, rejected_idx, has_pair = select_pairs(ranking, pair_margin)
-                        chosen, chosen_scores = hypotheses[items, chosen_idx], scores[items, chosen_idx]
-                    rejected = hypotheses[items, rejected_idx]
+                    chosen, chosen_scores, rejected, rejected_scores, has_pair = _pair_up(
+                        ranking, hypotheses, scores, reference, pairing, pair_margin)
                     if reference_pass:
                         ref_c, ref_r, num_disagree = mask_log_likelihoods(
                             reference_logits.float(), chosen, rejected, valid, label_manager.has_regions)
@@ -159,27 +151,55 @@ def generate_preference_set(
                     keep = has_pair & (num_disagree > 0)
                     if not bool(keep.any()):
                         continue
-                    keep_cpu = keep.cpu()
-                    parts["images"].append(data[keep].half().cpu())
-                    parts["chosen"].append(chosen[keep].cpu())
-                    parts["rejected"].append(rejected[keep].cpu())
-                    parts["valid"].append(None if valid is None else valid[keep].cpu())
-                    parts["ref_c"].append(ref_c[keep].cpu())
-                    parts["ref_r"].append(ref_r[keep].cpu())
-                    parts["dice_c"].append(chosen_scores[keep].float().cpu())
-                    parts["dice_r"].append(scores[items, rejected_idx][keep].float().cpu())
-                    parts["dice_n"].append(network_scores[keep].float().cpu())
-                    parts["objective"].append(torch.full((int(keep_cpu.sum()),), objective_index, dtype=torch.long))
-                    parts["keys"].extend(str(k) for k, kept in zip(keys_all[start:stop], keep_cpu.tolist()) if kept)
-                    wanted = examples.wanted if examples is not None and objective_index == 0 else 0
-                    for i in keep.nonzero()[:, 0].tolist()[:wanted]:
-                        examples.items.append({
-                            "image": data[i].cpu(), "reference": reference[i].cpu(),
-                            "network": None if network_masks is None else network_masks[i, 0].cpu(),
-                            "chosen": chosen[i].cpu(), "rejected": rejected[i].cpu(), "key": str(keys_all[start + i]),
-                            "dice_network": float(network_scores[i]), "dice_chosen": float(chosen_scores[i]),
-                            "dice_rejected": float(scores[i, rejected_idx[i]])})
+                    kept = {"images": data, "chosen": chosen, "rejected": rejected, "valid": valid, "ref_c": ref_c,
+                            "ref_r": ref_r, "dice_c": chosen_scores, "dice_r": rejected_scores,
+                            "dice_n": network_scores}
+                    _collect(parts, kept, keep, keys_all[start:stop], objective_index)
+                    if examples is not None and objective_index == 0:
+                        _add_examples(examples, kept, keep, reference, network_masks, keys_all[start:stop])
     return _assemble(parts, label_manager, round_index, epoch, num_items, len(objectives) > 1)
+
+
+def _pair_up(ranking: torch.Tensor, hypotheses: torch.Tensor, dice: torch.Tensor, reference: torch.Tensor,
+             pairing: str, pair_margin: float) -> tuple[torch.Tensor, ...]:
+    """One candidate pair per item from ``ranking`` ``(n, K)``: y+, its Dice, y-, its Dice, and whether it counts."""
+    n = hypotheses.shape[0]
+    items = torch.arange(n, device=hypotheses.device)
+    if pairing == "ground_truth":  # y+ = the ground truth (perfect score), y- = the worst hypothesis
+        rejected_idx = ranking.argmin(1)
+        chosen = reference.to(hypotheses.dtype)
+        chosen_dice = torch.ones(n, device=hypotheses.device)
+        has_pair = ranking[items, rejected_idx] <= 1.0 - pair_margin
+    else:
+        chosen_idx, rejected_idx, has_pair = select_pairs(ranking, pair_margin)
+        chosen, chosen_dice = hypotheses[items, chosen_idx], dice[items, chosen_idx]
+    return chosen, chosen_dice, hypotheses[items, rejected_idx], dice[items, rejected_idx], has_pair
+
+
+def _collect(parts: dict[str, list], kept: dict[str, torch.Tensor | None], keep: torch.Tensor, keys: Sequence,
+             objective_index: int) -> None:
+    """Appends the kept items' tensors (images in float16, the rest as they are) to ``parts``, on the CPU."""
+    for name, tensor in kept.items():
+        if tensor is None:
+            parts[name].append(None)
+        else:
+            tensor = tensor[keep]
+            parts[name].append((tensor.half() if name == "images" else tensor.float() if "dice" in name
+                                else tensor).cpu())
+    keep_cpu = keep.cpu()
+    parts["objective"].append(torch.full((int(keep_cpu.sum()),), objective_index, dtype=torch.long))
+    parts["keys"].extend(str(k) for k, is_kept in zip(keys, keep_cpu.tolist()) if is_kept)
+
+
+def _add_examples(examples: RoundExamples, kept: dict[str, torch.Tensor | None], keep: torch.Tensor,
+                  reference: torch.Tensor, network_masks: torch.Tensor | None, keys: Sequence) -> None:
+    for i in keep.nonzero()[:, 0].tolist()[:examples.wanted]:
+        examples.items.append({
+            "image": kept["images"][i].cpu(), "reference": reference[i].cpu(),
+            "network": None if network_masks is None else network_masks[i, 0].cpu(),
+            "chosen": kept["chosen"][i].cpu(), "rejected": kept["rejected"][i].cpu(), "key": str(keys[i]),
+            "dice_network": float(kept["dice_n"][i]), "dice_chosen": float(kept["dice_c"][i]),
+            "dice_rejected": float(kept["dice_r"][i])})
 
 
 def _assemble(parts: dict, label_manager: LabelManager, round_index: int, epoch: int, num_items: int,
