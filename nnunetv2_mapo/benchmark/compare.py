@@ -3,8 +3,9 @@
 Each benchmark folder (``nnunetv2_mapo benchmark``, one ``--mapo-trainer`` each) holds its ``results.json``. The
 folders must come from the same protocol (dataset, configuration, budget, batch size, split, settings), which is what
 lets them share the baseline and the equal-compute arm (:func:`.spec.shared_arm_name`). The table has one row per
-variant: its mean metrics, the paired per-case difference to the baseline (and to the equal-compute arm, when run)
-with its 95% interval and seed wins, and its wall time against the baseline's.
+variant, named by its trainer and its folder (one trainer may be run with several ``mapo_*`` settings): its mean
+metrics, the paired per-case difference to the baseline (and to the equal-compute arm, when run) with its 95%
+interval and seed wins, and its wall time against the baseline's.
 """
 
 from __future__ import annotations
@@ -73,36 +74,40 @@ def _difference(paired: Mapping[str, Any], metric: str, fmt: str) -> str:
             f"{c['seed_wins']}/{c['seeds']}")
 
 
-def compare_table(results: Sequence[Mapping[str, Any]]) -> str:
+def compare_table(results: Sequence[Mapping[str, Any]], names: Sequence[str] | None = None) -> str:
     """The markdown table of :func:`load_results`' results (see the module docstring).
 
     Args:
         results: ``results.json`` of each benchmark, one MAPO trainer each.
+        names: The benchmarks' names (their folders' base names), shown beside the trainer; default 1, 2, ...
 
     Returns:
         Markdown: a table of the arms' means, and one of the paired differences.
     """
+    names = [str(i + 1) for i in range(len(results))] if names is None else list(names)
+    labels = [f"{r['spec']['mapo_trainer']} ({name})" for r, name in zip(results, names)]
     first = results[0]
     arms = [(BASELINE_TRAINER, first)] + ([(EQUAL_COMPUTE_TRAINER, first)] if first["spec"].get("equal_compute")
                                           else [])
     arms += [(r["spec"]["mapo_trainer"], r) for r in results]
+    arm_labels = [trainer for trainer, _ in arms[:len(arms) - len(results)]] + labels
     base_wall = _mean(first, BASELINE_TRAINER, "wall_seconds")
     lines = ["| arm | Dice | HD95 | ASD | NSD | wall time / baseline | rounds' share |",
              "|---|---|---|---|---|---|---|"]
-    for trainer, result in arms:
+    for (trainer, result), label in zip(arms, arm_labels):
         cells = [fmt.format(_mean(result, trainer, metric)) for metric, fmt in METRICS]
         wall = _mean(result, trainer, "wall_seconds") / base_wall if base_wall else math.nan
         share = _mean(result, trainer, "preference_share")
-        lines.append(f"| {trainer} | {' | '.join(cells)} | {wall:.2f}x | "
+        lines.append(f"| {label} | {' | '.join(cells)} | {wall:.2f}x | "
                      f"{'–' if math.isnan(share) else f'{share:.1%}'} |")
     shown = (("Dice", "{:+.4f}"), ("HD95", "{:+.2f}"), ("ASD", "{:+.3f}"))
     lines += ["", "Paired per-case differences, variant - arm: mean [95% interval] seed wins",
               "", "| variant | against | " + " | ".join(m for m, _ in shown) + " |", "|---|---|---|---|---|"]
-    for result in results:
+    for result, label in zip(results, labels):
         for against, key in (("baseline", "paired"), ("equal compute", "paired_equal_compute")):
             if key in result:
                 cells = [_difference(result[key], metric, fmt) for metric, fmt in shown]
-                lines.append(f"| {result['spec']['mapo_trainer']} | {against} | {' | '.join(cells)} |")
+                lines.append(f"| {label} | {against} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -115,7 +120,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry point: prints the table; 2 for folders that cannot be compared."""
     try:
-        table = compare_table(load_results(args.folders))
+        names = [os.path.basename(os.path.normpath(folder)) for folder in args.folders]
+        table = compare_table(load_results(args.folders), names)
     except CompareInputError as err:
         print(f"nnunetv2_mapo benchmark-compare: error: {err}", file=sys.stderr)
         return 2

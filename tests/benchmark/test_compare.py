@@ -45,15 +45,26 @@ def test_one_row_per_arm_and_paired_rows_per_variant(tmp_path: Path) -> None:
     a = write(tmp_path / "a", "nnUNetTrainerMAPO", 0.82, 112.0)
     b = write(tmp_path / "b", "nnUNetTrainerMAPO_GTAnchored", 0.83, 105.0, settings={"mapo_regen_every": 2,
                                                                                    "mapo_beta": 0.2})
-    table = compare_table(load_results([str(a), str(b)]))
+    table = compare_table(load_results([str(a), str(b)]), ["a", "b"])
     means = table.split("\n\n")[0]
     rows = {line.split("|")[1].strip(): line for line in means.splitlines() if line.startswith("| nnUNet")}
     assert "| 0.8000 | 3.00 | 1.000 | 0.9000 | 1.00x | – |" in rows[BASELINE_TRAINER]
     assert "| 0.8100 | 2.90 | 0.900 | 0.9100 | 1.10x | – |" in rows[EQUAL_COMPUTE_TRAINER]
-    assert "| 0.8300 | 2.50 | 0.800 | 0.9200 | 1.05x | 4.0% |" in rows["nnUNetTrainerMAPO_GTAnchored"]
-    assert "| nnUNetTrainerMAPO_GTAnchored | baseline | +0.0300 [-0.0100, +0.0300] 1/1 | -0.50" in table
-    assert "| nnUNetTrainerMAPO_GTAnchored | equal compute | +0.0200 [-0.0200, +0.0200] 0/1 |" in table
-    assert table.count("| nnUNetTrainerMAPO | ") == 3  # its means, and its two paired rows
+    assert "| 0.8300 | 2.50 | 0.800 | 0.9200 | 1.05x | 4.0% |" in rows["nnUNetTrainerMAPO_GTAnchored (b)"]
+    assert "| nnUNetTrainerMAPO_GTAnchored (b) | baseline | +0.0300 [-0.0100, +0.0300] 1/1 | -0.50" in table
+    assert "| nnUNetTrainerMAPO_GTAnchored (b) | equal compute | +0.0200 [-0.0200, +0.0200] 0/1 |" in table
+    assert table.count("| nnUNetTrainerMAPO (a) | ") == 3  # its means, and its two paired rows
+
+
+def test_one_trainer_with_two_settings_gets_two_named_rows(tmp_path: Path) -> None:
+    plain = write(tmp_path / "plain", "nnUNetTrainerMAPO", 0.79, 112.0)
+    gated = write(tmp_path / "gated", "nnUNetTrainerMAPO", 0.83, 112.0,
+                  settings={"mapo_regen_every": 2, "mapo_start_dice": 0.7})
+    table = compare_table(load_results([str(plain), str(gated)]), ["plain", "gated"])
+    assert "| nnUNetTrainerMAPO (plain) | 0.7900 |" in table
+    assert "| nnUNetTrainerMAPO (gated) | 0.8300 |" in table
+    assert "| nnUNetTrainerMAPO (gated) | baseline | +0.0300 " in table
+    assert "(1)" in compare_table(load_results([str(plain)]))  # unnamed: numbered in the order given
 
 
 def test_other_protocols_and_missing_results_are_refused(tmp_path: Path, capsys) -> None:
@@ -69,3 +80,4 @@ def test_other_protocols_and_missing_results_are_refused(tmp_path: Path, capsys)
     out = tmp_path / "table.md"
     assert main(["benchmark-compare", str(a), "-o", str(out)]) == 0
     assert out.read_text().strip() == capsys.readouterr().out.strip()
+    assert "| nnUNetTrainerMAPO (a) |" in out.read_text()  # the command names rows by their folders
