@@ -23,6 +23,7 @@ _LAZY = {
     "nnUNetTrainerMAPO_DPOP": "nnunetv2_mapo.training.variants.preference_loss",
     "nnUNetTrainerMAPO_ChannelDropout": "nnunetv2_mapo.training.variants.dropout",
     "nnUNetTrainerMAPO_GTAnchored": "nnunetv2_mapo.training.variants.pairs",
+    "nnUNetTrainerMAPO_GTOverPrediction": "nnunetv2_mapo.training.variants.pairs",
     "nnUNetTrainerMAPO_MultiObjective": "nnunetv2_mapo.training.variants.pairs",
     "nnUNetTrainerMAPO_PaperFormulation": "nnunetv2_mapo.training.variants.pairs",
     "nnUNetTrainerMAPO_BN": "nnunetv2_mapo.training.variants.networks",

@@ -15,5 +15,7 @@ The named options below are imported by the settings table as well, so this file
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "simpo", "dpop")
 REFERENCE_FREE_LOSS_TYPES = ("simpo",)  # rounds of these skip the reference pass
 DROPOUT_MODES = ("element", "channel")
-PAIRINGS = ("dropout", "ground_truth")  # y+ the best dropout hypothesis (the paper), or the ground truth
+# y+ the best dropout hypothesis (the paper), or the ground truth; y- a dropout hypothesis, or (the last one) the
+# network's own prediction without dropout
+PAIRINGS = ("dropout", "ground_truth", "ground_truth_over_prediction")
 OBJECTIVE_SETS = ("dice", "dice+boundary")  # what rounds rank hypotheses by: one pair per objective and item

@@ -6,6 +6,8 @@ pair where the Dice gap allows it, and computes the reference log-likelihoods of
 reference pass is also the network's own prediction, whose Dice is kept beside y+ and y- as a diagnostic: it tells
 whether the preferred dropout hypothesis is better or worse than what the network predicts without dropout.
 With ``pairing='ground_truth'`` the preferred mask is the ground truth itself, so it is never worse than the network.
+With ``pairing='ground_truth_over_prediction'`` the ground truth is preferred over the network's own prediction
+without dropout (SPIN's pairs: the target over the model's own answer); that round runs no dropout hypotheses at all.
 With ``objectives=('dice', 'boundary')`` the hypotheses are also ranked by a boundary score (:mod:`.objectives`), and
 each objective gives its own pair, tagged with the objective's index.
 """
@@ -91,14 +93,17 @@ def generate_preference_set(
             network's own prediction. Reference-free losses (SimPO) skip it: one forward pass per item less, and the
             set stores reference log-likelihoods of 0 and a network Dice of NaN.
         pairing: ``'dropout'`` (the paper's: y+ the best hypothesis, y- the worst one at least ``pair_margin``
-            below it) or ``'ground_truth'`` (self-play style: y+ the ground truth, y- the worst hypothesis if its
-            Dice is at most ``1 - pair_margin``).
+            below it), ``'ground_truth'`` (self-play style: y+ the ground truth, y- the worst hypothesis if its
+            Dice is at most ``1 - pair_margin``) or ``'ground_truth_over_prediction'`` (y+ the ground truth, y- the
+            network's prediction without dropout if its Dice is at most ``1 - pair_margin``; no hypotheses are run,
+            ``num_hypotheses`` and ``dropout_rates`` are not used, and there is one objective only).
         objectives: What the hypotheses are ranked by, one pair per objective and item: ``'dice'`` and optionally
             ``'boundary'`` (:func:`~nnunetv2_mapo.method.objectives.boundary_scores`); ``pair_margin`` applies to
             each objective's score. The set records each pair's objective index when there are several.
 
     Raises:
-        ValueError: An unknown ``pairing`` or objective.
+        ValueError: An unknown ``pairing`` or objective, or several objectives with
+            ``'ground_truth_over_prediction'`` (they would all give the same pair).
 
     Returns:
         The preference set (possibly empty), on the CPU.
@@ -108,6 +113,10 @@ def generate_preference_set(
     if "+".join(objectives) not in OBJECTIVE_SETS:
         raise ValueError(f"Unknown objectives {list(objectives)}; allowed: "
                          f"{[list(objectives_of(name)) for name in OBJECTIVE_SETS]}.")
+    against_prediction = pairing == "ground_truth_over_prediction"
+    if against_prediction and len(objectives) > 1:
+        raise ValueError(f"pairing {pairing!r} gives one pair per item (the ground truth over the prediction), so it "
+                         f"takes one objective, not {list(objectives)}; use objectives ('dice',).")
     rates = torch.tensor(hypothesis_rates(dropout_rates, num_hypotheses))
     autocast = torch.autocast("cuda") if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     parts: dict[str, list] = {name: [] for name in ("images", "chosen", "rejected", "valid", "ref_c", "ref_r",
@@ -125,20 +134,23 @@ def generate_preference_set(
                 num_items += n
                 reference, valid = split_target(target, label_manager)
                 with autocast:
-                    with injector.sampling(rates.repeat(n), generator):
-                        logits = _first_output(network(data.repeat_interleave(num_hypotheses, 0)))
-                    hypotheses = logits_to_masks(logits, label_manager)
-                    hypotheses = hypotheses.reshape(n, num_hypotheses, *hypotheses.shape[1:])
-                    scores = mean_foreground_dice(hypotheses, reference, valid, label_manager)
-                    ranked_by = [scores]  # Dice, then the boundary score when it is an objective too
-                    if "boundary" in objectives:
-                        ranked_by.append(boundary_scores(hypotheses, reference, valid, label_manager))
-                    if reference_pass:
+                    if reference_pass or against_prediction:
                         reference_logits = _first_output(network(data))
                         network_masks = logits_to_masks(reference_logits, label_manager).unsqueeze(1)
                         network_scores = mean_foreground_dice(network_masks, reference, valid, label_manager)[:, 0]
                     else:
                         network_masks, network_scores = None, torch.full((n,), float("nan"), device=device)
+                    if against_prediction:  # the one "hypothesis" is the network's own answer, without dropout
+                        hypotheses, scores = network_masks, network_scores[:, None]
+                    else:
+                        with injector.sampling(rates.repeat(n), generator):
+                            logits = _first_output(network(data.repeat_interleave(num_hypotheses, 0)))
+                        hypotheses = logits_to_masks(logits, label_manager)
+                        hypotheses = hypotheses.reshape(n, num_hypotheses, *hypotheses.shape[1:])
+                        scores = mean_foreground_dice(hypotheses, reference, valid, label_manager)
+                    ranked_by = [scores]  # Dice, then the boundary score when it is an objective too
+                    if "boundary" in objectives:
+                        ranked_by.append(boundary_scores(hypotheses, reference, valid, label_manager))
                 for objective_index, ranking in enumerate(ranked_by):
                     chosen, chosen_scores, rejected, rejected_scores, has_pair = _pair_up(
                         ranking, hypotheses, scores, reference, pairing, pair_margin)
@@ -165,7 +177,7 @@ def _pair_up(ranking: torch.Tensor, hypotheses: torch.Tensor, dice: torch.Tensor
     """One candidate pair per item from ``ranking`` ``(n, K)``: y+, its Dice, y-, its Dice, and whether it counts."""
     n = hypotheses.shape[0]
     items = torch.arange(n, device=hypotheses.device)
-    if pairing == "ground_truth":  # y+ = the ground truth (perfect score), y- = the worst hypothesis
+    if pairing != "dropout":  # y+ = the ground truth (perfect score), y- = the worst hypothesis (or the prediction)
         rejected_idx = ranking.argmin(1)
         chosen = reference.to(hypotheses.dtype)
         chosen_dice = torch.ones(n, device=hypotheses.device)

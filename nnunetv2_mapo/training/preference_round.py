@@ -88,10 +88,14 @@ def run_preference_round(trainer: nnUNetTrainerMAPO) -> tuple[PreferenceSet, dic
     """
     started = time()
     keys = round_cases(trainer)
+    against_prediction = trainer.mapo_pairing == "ground_truth_over_prediction"  # no dropout hypotheses to run
+    passes = "the prediction without dropout" if against_prediction else \
+        f"{trainer.mapo_num_hypotheses} dropout hypotheses"
     trainer.print_to_log_file(
-        f"MAPO round {trainer.mapo_round_index} (epoch {trainer.current_epoch}): {trainer.mapo_num_hypotheses} "
-        f"dropout hypotheses for each of {len(keys)} training cases" + (" on this rank" if trainer.is_ddp else ""))
-    items_per_forward = max(1, trainer.mapo_round_batch_size // trainer.mapo_num_hypotheses)
+        f"MAPO round {trainer.mapo_round_index} (epoch {trainer.current_epoch}): {passes} for each of {len(keys)} "
+        f"training cases" + (" on this rank" if trainer.is_ddp else ""))
+    items_per_forward = max(1, trainer.mapo_round_batch_size // (1 if against_prediction else
+                                                                 trainer.mapo_num_hypotheses))
     # Step 3: dropout masks on the training device; nnU-Net's patch sampling uses the global numpy generator.
     generator = torch.Generator(device=trainer.device)
     generator.manual_seed(trainer.mapo_seed + 1000003 * trainer.mapo_round_index + trainer.local_rank)

@@ -69,7 +69,8 @@ MAPO_SETTINGS: tuple[Setting, ...] = (
     Setting("mapo_pair_margin", "float", "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0, 0.05,
             "tau: the dispreferred mask's Dice must be at least this far below the best"),
     Setting("mapo_pairing", "str", f"one of {list(PAIRINGS)}", lambda v: v in PAIRINGS, "dropout",
-            "y+ is the best dropout hypothesis ('dropout', the paper) or the ground truth ('ground_truth')"),
+            "y+ the best dropout hypothesis ('dropout', the paper) or the ground truth, y- the worst hypothesis or "
+            "('ground_truth_over_prediction') the network's prediction without dropout"),
     Setting("mapo_objectives", "str", f"one of {list(OBJECTIVE_SETS)}", lambda v: v in OBJECTIVE_SETS, "dice",
             "what rounds rank hypotheses by: Dice, or Dice and boundary (one pair each, adaptive weights)"),
     Setting("mapo_beta", "float", "a number > 0", lambda v: v > 0, 0.1, "DPO temperature beta"),
@@ -223,7 +224,8 @@ def resolve_and_check(values: dict[str, Any], batch_size: int | None) -> dict[st
         A copy of ``values`` with no ``None`` left (but ``mapo_pairs_per_step`` when ``batch_size`` is None).
 
     Raises:
-        MAPOConfigError: A value out of range, or a warm-up that leaves no epoch for MAPO.
+        MAPOConfigError: A value out of range, a warm-up that leaves no epoch for MAPO, or several objectives with
+            the pairing that has one pair per case.
     """
     resolved = {name: validate_setting(name, value) for name, value in values.items()}
     if resolved["mapo_warmup_epochs"] is None:
@@ -233,6 +235,12 @@ def resolve_and_check(values: dict[str, Any], batch_size: int | None) -> dict[st
             f"MAPO setting 'mapo_warmup_epochs' = {resolved['mapo_warmup_epochs']} is out of range: expected an "
             f"integer >= 0 and < num_epochs ({resolved['num_epochs']}), otherwise no preference round would run. "
             f"Lower mapo_warmup_epochs or raise num_epochs."
+        )
+    if resolved["mapo_pairing"] == "ground_truth_over_prediction" and resolved["mapo_objectives"] != "dice":
+        raise MAPOConfigError(
+            f"MAPO setting 'mapo_objectives' = {resolved['mapo_objectives']!r} does not go with 'mapo_pairing' = "
+            f"'ground_truth_over_prediction': that pairing gives one pair per case (the ground truth over the "
+            f"network's prediction), whatever it is ranked by. Use 'mapo_objectives' = 'dice', or another pairing."
         )
     if resolved["mapo_pairs_per_step"] is None and batch_size is not None:
         resolved["mapo_pairs_per_step"] = batch_size / 8

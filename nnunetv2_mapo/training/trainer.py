@@ -84,7 +84,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self.mapo_dropout_rates = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)  # spread over the K hypotheses
         self.mapo_dropout_mode = "element"  # or "channel" (whole feature maps)
         self.mapo_pair_margin = 0.05  # tau: y- scores at least this much Dice below y+
-        self.mapo_pairing = "dropout"  # y+ the best dropout hypothesis (the paper); or "ground_truth"
+        self.mapo_pairing = "dropout"  # y+ the best hypothesis (the paper); or "ground_truth[_over_prediction]"
         self.mapo_objectives = "dice"  # what pairs are ranked by; or "dice+boundary" (one pair per objective)
         self.mapo_beta = 0.1  # DPO temperature
         self.mapo_weight = 0.5  # lambda: weight of the preference term beside Dice+CE

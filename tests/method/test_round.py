@@ -297,3 +297,39 @@ def test_an_unknown_pairing_is_refused(label_round):
     network, batches, _ = label_round
     with pytest.raises(ValueError, match="allowed values"):
         generate(network, batches, pairing="best_of_k")
+
+
+def test_ground_truth_over_prediction_pairs_the_target_with_the_network_own_answer():
+    network = tiny_unet()
+    batches = label_batches(network)  # targets = the clean prediction: no pair, unless changed
+    batches[0]["target"][:, :, :5, :] = 1  # the first batch's targets now differ from the prediction
+    rows = []
+    handle = network.register_forward_hook(lambda module, inputs, output: rows.append(inputs[0].shape[0]))
+    try:
+        pairs = generate(network, batches, pairing="ground_truth_over_prediction")
+    finally:
+        handle.remove()
+    assert max(rows) <= 2  # items_per_forward items per pass: no K-fold dropout passes at all
+    assert sorted(pairs.keys) == sorted(batches[0]["keys"])  # the unchanged cases are segmented exactly: no pair
+    own = clean_logits(network, pairs.images.float()).argmax(1)
+    targets = {key: batches[0]["target"][row, 0].long() for row, key in enumerate(batches[0]["keys"])}
+    for index, key in enumerate(pairs.keys):
+        assert torch.equal(pairs.chosen[index].long(), targets[key])  # y+ the ground truth
+        assert torch.equal(pairs.rejected[index].long(), own[index])  # y- what the network predicts
+    assert torch.all(pairs.chosen_dice == 1.0)
+    torch.testing.assert_close(pairs.rejected_dice, pairs.network_dice)
+    assert (pairs.rejected_dice <= 1.0 - 0.05 + 1e-6).all()
+    ref_c, ref_r, _ = mask_log_likelihoods(clean_logits(network, pairs.images.float()), pairs.chosen, pairs.rejected)
+    torch.testing.assert_close(pairs.reference_chosen_logps, ref_c, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(pairs.reference_rejected_logps, ref_r, atol=1e-4, rtol=1e-5)
+    # Reference-free (SimPO): the prediction is still computed, for y-, but no reference log-likelihoods are kept.
+    free = generate(network, batches, pairing="ground_truth_over_prediction", reference_pass=False)
+    assert torch.equal(free.rejected, pairs.rejected) and torch.all(free.reference_chosen_logps == 0)
+    assert torch.isfinite(free.network_dice).all()
+
+
+def test_ground_truth_over_prediction_takes_one_objective():
+    network = tiny_unet()
+    with pytest.raises(ValueError, match="one objective"):
+        generate(network, label_batches(network), pairing="ground_truth_over_prediction",
+                 objectives=("dice", "boundary"))

@@ -365,3 +365,12 @@ def test_markdown_table_has_no_python_reprs():
     table = markdown_table()
     assert "None" not in table
     assert not re.search(r"\(0\.05, ", table)  # tuples are written as JSON lists
+
+
+def test_the_pairing_against_the_prediction_refuses_several_objectives():
+    with pytest.raises(MAPOConfigError, match="mapo_objectives.*'dice'"):
+        resolve_and_check(defaults() | {"mapo_pairing": "ground_truth_over_prediction",
+                                        "mapo_objectives": "dice+boundary"}, batch_size=2)
+    resolved = resolve_and_check(defaults() | {"mapo_pairing": "ground_truth_over_prediction"}, batch_size=2)
+    assert resolved["mapo_pairing"] == "ground_truth_over_prediction"
+    assert resolve_and_check(defaults() | {"mapo_objectives": "dice+boundary"}, batch_size=2)  # fine with dropout

@@ -221,6 +221,8 @@ def test_hippocampus_few_cases(tmp_path: Path) -> None:
                                                             ("nnUNetTrainerMAPO_DPOP", "mapo_loss_type", "dpop"),
                                                             ("nnUNetTrainerMAPO_GTAnchored", "mapo_pairing",
                                                              "ground_truth"),
+                                                            ("nnUNetTrainerMAPO_GTOverPrediction", "mapo_pairing",
+                                                             "ground_truth_over_prediction"),
                                                             ("nnUNetTrainerMAPO_MultiObjective", "mapo_objectives",
                                                              "dice+boundary")])
 def test_loss_and_pair_variants_train_end_to_end(ws2d: Workspace, trainer: str, setting: str, value: str) -> None:
@@ -231,6 +233,9 @@ def test_loss_and_pair_variants_train_end_to_end(ws2d: Workspace, trainer: str, 
     logging = _checkpoint(os.path.join(fold, "checkpoint_final.pth"))["logging"]
     assert all(math.isfinite(v) for v in logging["mapo_dpo_loss"][1:])  # the term is active after the warm-up
     no_dropout = logging["mapo_dice_no_dropout"][1]  # the round's Dice of the network's own prediction
-    if value == "ground_truth":
+    if value.startswith("ground_truth"):
         assert logging["mapo_dice_chosen"][1] == 1.0  # y+ is the ground truth
+    if value == "ground_truth_over_prediction":  # y- is the network's own prediction
+        assert logging["mapo_dice_rejected"][1] == pytest.approx(no_dropout)
+        assert "the prediction without dropout for each of" in output
     assert math.isnan(no_dropout) if value == "simpo" else math.isfinite(no_dropout)  # SimPO: no reference pass

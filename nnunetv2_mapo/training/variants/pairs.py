@@ -6,7 +6,12 @@ import torch
 
 from nnunetv2_mapo.training.trainer import nnUNetTrainerMAPO
 
-__all__ = ["nnUNetTrainerMAPO_GTAnchored", "nnUNetTrainerMAPO_MultiObjective", "nnUNetTrainerMAPO_PaperFormulation"]
+__all__ = [
+    "nnUNetTrainerMAPO_GTAnchored",
+    "nnUNetTrainerMAPO_GTOverPrediction",
+    "nnUNetTrainerMAPO_MultiObjective",
+    "nnUNetTrainerMAPO_PaperFormulation",
+]
 
 
 class nnUNetTrainerMAPO_GTAnchored(nnUNetTrainerMAPO):
@@ -17,6 +22,17 @@ class nnUNetTrainerMAPO_GTAnchored(nnUNetTrainerMAPO):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.mapo_pairing = "ground_truth"
+
+
+class nnUNetTrainerMAPO_GTOverPrediction(nnUNetTrainerMAPO):
+    """SPIN's own pairs (arXiv 2401.01335): the ground truth is preferred over the network's prediction without
+    dropout, the answer it would give, so the term pushes on exactly the voxels it gets wrong now. Rounds run no
+    dropout hypotheses (one forward pass per case); cases the network already segments within tau get no pair."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.mapo_pairing = "ground_truth_over_prediction"
 
 
 class nnUNetTrainerMAPO_MultiObjective(nnUNetTrainerMAPO):
