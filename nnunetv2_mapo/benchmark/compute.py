@@ -4,8 +4,9 @@ MAPO costs more than the baseline in two places, both counted in sample-passes (
 
 - every training step with pairs carries ``mapo_pairs_per_step`` extra rows forward and backward, as many
   sample-passes as the batch's own rows;
-- every preference round runs ``mapo_cases_per_round`` x (K + 1) forward passes without a backward pass (K without
-  the reference pass of reference-free losses). A forward pass is counted as a third of a forward-backward pass, the
+- every preference round runs ``mapo_cases_per_round`` x ``mapo_patches_per_case`` x (K + 1) forward passes without a
+  backward pass (K without the reference pass of reference-free losses; one, the prediction, when the ground truth
+  is paired with the prediction). A forward pass is counted as a third of a forward-backward pass, the
   usual ratio for convolutional networks (the backward pass computes gradients for activations and weights).
 
 The equal-compute arm trains the baseline for the same epochs with ``ceil(iterations + extra / epochs)``
@@ -13,7 +14,8 @@ iterations per epoch, extra being MAPO's additional sample-passes divided by the
 each arm's wall time beside it, so whether the arms also took the same time can be read off. The settings are those
 the benchmark gives the MAPO trainer over ``nnUNetTrainerMAPO``'s defaults; a variant's own class defaults are not
 seen (``--mapo-trainer nnUNetTrainerMAPO_SimPO`` is counted with the reference pass it skips: slightly more compute
-for the equal-compute arm, never less).
+for the equal-compute arm, never less). Rounds are counted from the end of the warm-up: a first round that waits for
+the pseudo Dice (``mapo_start_dice``) cannot be foreseen, so with it MAPO uses less compute than the arm is given.
 """
 
 from __future__ import annotations
@@ -60,8 +62,10 @@ def mapo_extra_iterations(total_epochs: int, first_epoch: int, iterations: int, 
     warmup, every = resolved["mapo_warmup_epochs"], resolved["mapo_regen_every"]
     epochs_with_pairs = [e for e in range(first_epoch, total_epochs) if e >= warmup]
     rounds = sum(1 for e in epochs_with_pairs if (e - warmup) % every == 0)
-    cases = min(train_cases, resolved["mapo_cases_per_round"] or train_cases)
+    cases = min(train_cases, resolved["mapo_cases_per_round"] or train_cases) * resolved["mapo_patches_per_case"]
     passes_per_case = resolved["mapo_num_hypotheses"] + (resolved["mapo_loss_type"] not in REFERENCE_FREE_LOSS_TYPES)
+    if resolved["mapo_pairing"] == "ground_truth_over_prediction":  # the prediction alone, no hypotheses
+        passes_per_case = 1
     step_rows = len(epochs_with_pairs) * iterations * resolved["mapo_pairs_per_step"]
     round_rows = rounds * cases * passes_per_case * FORWARD_SHARE
     return (step_rows + round_rows) / batch_size

@@ -1,7 +1,8 @@
 """A preference round in nnU-Net's terms, from top to bottom.
 
 1. choose the round's training cases (all, or ``mapo_cases_per_round`` of them; each rank takes its share);
-2. load one foreground-centred patch per case with nnU-Net's own dataset, loader and validation transforms;
+2. load ``mapo_patches_per_case`` foreground-centred patches per case (each at a foreground voxel drawn anew: in
+   ``2d``, another slice) with nnU-Net's own dataset, loader and validation transforms;
 3. seed the round (dropout masks and patch choice depend on the seed, the round and the rank only);
 4. check that every rank holds the same weights (each computes reference log-likelihoods for its share);
 5. run the round (:func:`nnunetv2_mapo.method.round.generate_preference_set`) and gather the ranks' pairs;
@@ -51,7 +52,8 @@ class FixedKeysLoader(nnUNetDataLoader):
 
 
 def round_cases(trainer: nnUNetTrainerMAPO) -> list[str]:
-    """Step 1: the training cases of this round on this rank (sorted; a seeded sample when capped)."""
+    """Step 1: the training cases of this round on this rank (sorted; a seeded sample when capped), each repeated
+    ``mapo_patches_per_case`` times (one patch per entry)."""
     keys = sorted(trainer.mapo_train_keys)
     limit = trainer.mapo_cases_per_round
     if limit is not None and limit < len(keys):
@@ -59,11 +61,12 @@ def round_cases(trainer: nnUNetTrainerMAPO) -> list[str]:
         keys = sorted(rng.choice(keys, limit, replace=False).tolist())
     if trainer.is_ddp:  # each rank scores its share; the parts are gathered afterwards
         keys = shard_cases(keys, dist.get_rank(), dist.get_world_size())
-    return keys
+    return [key for key in keys for _ in range(trainer.mapo_patches_per_case)]  # after sharding: cases stay whole
 
 
 def round_batches(trainer: nnUNetTrainerMAPO, keys: list[str], items_per_batch: int) -> Iterator[dict]:
-    """Step 2: batches of one unaugmented, foreground-centred patch per case, as nnU-Net's validation sees them."""
+    """Step 2: batches of one unaugmented, foreground-centred patch per entry of ``keys``, as nnU-Net's validation sees
+    them (an entry repeated gives another patch: the foreground voxel it is centred on is drawn anew)."""
     if not keys:  # a rank with no share of the cases (more ranks than cases)
         return
     dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, keys,
@@ -93,7 +96,8 @@ def run_preference_round(trainer: nnUNetTrainerMAPO) -> tuple[PreferenceSet, dic
         f"{trainer.mapo_num_hypotheses} dropout hypotheses"
     trainer.print_to_log_file(
         f"MAPO round {trainer.mapo_round_index} (epoch {trainer.current_epoch}): {passes} for each of {len(keys)} "
-        f"training cases" + (" on this rank" if trainer.is_ddp else ""))
+        f"training {'cases' if trainer.mapo_patches_per_case == 1 else 'patches'}"
+        + (" on this rank" if trainer.is_ddp else ""))
     items_per_forward = max(1, trainer.mapo_round_batch_size // (1 if against_prediction else
                                                                  trainer.mapo_num_hypotheses))
     # Step 3: dropout masks on the training device; nnU-Net's patch sampling uses the global numpy generator.

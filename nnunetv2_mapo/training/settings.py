@@ -87,6 +87,8 @@ MAPO_SETTINGS: tuple[Setting, ...] = (
             "preference pairs added per training step, on average (0.5: one pair every other step)"),
     Setting("mapo_cases_per_round", "optional_int", "an integer >= 1, or null (all training cases)",
             lambda v: v is None or v >= 1, 100, "training cases sampled per round (bounds round time and memory)"),
+    Setting("mapo_patches_per_case", "int", "an integer >= 1", lambda v: v >= 1, 1,
+            "foreground-centred patches per case and round (other slices or places): more pairs, each reused less"),
     Setting("mapo_round_batch_size", "optional_int", "an integer >= 1, or null (K: one item per pass)",
             lambda v: v is None or v >= 1, None, "forward passes batched together while sampling hypotheses"),
     Setting("mapo_seed", "int", "an integer >= 0", lambda v: v >= 0, 12345,

@@ -93,6 +93,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self.mapo_dpop_lambda = 10.0  # DPO-Positive's penalty (loss type "dpop")
         self.mapo_pairs_per_step: float | None = None  # pair rows added per step on average; None: batch size / 8
         self.mapo_cases_per_round: int | None = 100  # training cases per round; None: all
+        self.mapo_patches_per_case = 1  # patches per case and round (2d: other slices); more pairs, each reused less
         self.mapo_round_batch_size: int | None = None  # forward passes batched in a round; None: K
         self.mapo_seed = 12345  # round cases, dropout masks, pair sampling
         self.mapo_round_pictures = 4  # items per round in mapo_rounds/round_NNNN.png; 0: none

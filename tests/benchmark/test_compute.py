@@ -25,6 +25,13 @@ def test_reference_free_rounds_and_few_cases_cost_less() -> None:
     assert few == pytest.approx((160 + 2 * 4 * 6 / 3) / 8)
 
 
+def test_patches_per_case_and_pairs_against_the_prediction() -> None:
+    patches = SETTINGS | {"mapo_patches_per_case": 3}  # 3 patches of each of the 10 cases per round
+    assert mapo_extra_iterations(10, 0, 20, 8, 30, patches) == pytest.approx((160 + 2 * 30 * 6 / 3) / 8)
+    against = SETTINGS | {"mapo_pairing": "ground_truth_over_prediction"}  # one pass per case: the prediction
+    assert mapo_extra_iterations(10, 0, 20, 8, 30, against) == pytest.approx((160 + 2 * 10 * 1 / 3) / 8)
+
+
 def test_defaults_are_the_trainers() -> None:
     resolved = mapo_schedule(100, {}, 16)
     assert resolved["mapo_warmup_epochs"] == 10 and resolved["mapo_pairs_per_step"] == 2.0

@@ -18,6 +18,7 @@ from nnunetv2_mapo.commands.synthetic import write_synthetic_dataset
 from nnunetv2_mapo.commands.workspace import Workspace
 from nnunetv2_mapo.method.dropout import find_injector
 from nnunetv2_mapo.training.checkpointing import MAPOStateError
+from nnunetv2_mapo.training.preference_round import round_cases
 from nnunetv2_mapo.training.settings import MAPOConfigError
 from nnunetv2_mapo.training.trainer import nnUNetTrainerMAPO
 from nnunetv2_mapo.training.variants.preference_loss import nnUNetTrainerMAPO_IPO
@@ -176,6 +177,22 @@ def test_round_step_and_state_round_trip(make_trainer) -> None:
         assert torch.equal(other.mapo_preference_set.chosen, pairs.chosen)
         with pytest.raises(MAPOStateError):
             other.load_mapo_state_dict({"round_index": 1})
+    finally:
+        trainer.on_train_end()
+
+
+def test_several_patches_per_case_give_that_many_items_per_case(make_trainer) -> None:
+    trainer = make_trainer(mapo_warmup_epochs=0, num_epochs=5, mapo_cases_per_round=2, mapo_patches_per_case=3,
+                           mapo_num_hypotheses=2, mapo_pair_margin=0.0, mapo_round_pictures=0)
+    trainer.on_train_start()
+    try:
+        keys = round_cases(trainer)
+        assert len(keys) == 6 and len(set(keys)) == 2 and all(keys.count(k) == 3 for k in keys)
+        pairs = trainer.run_preference_round()
+        assert pairs.num_items == 6  # three patches of each of the two cases were scored
+        assert set(pairs.keys) <= set(keys)
+        with open(trainer.log_file, encoding="utf-8") as handle:
+            assert "for each of 6 training patches" in handle.read()
     finally:
         trainer.on_train_end()
 
