@@ -9,7 +9,7 @@ variants), :mod:`.evaluation`, :mod:`.benchmark` and :mod:`.commands` (the ``nnu
 
 from nnunetv2_mapo import discovery as _discovery
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 _discovery.autoregister()
 
