@@ -24,7 +24,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from nnunetv2_mapo.method import REFERENCE_FREE_LOSS_TYPES
+from nnunetv2_mapo.method import PREDICTION_PAIRINGS, REFERENCE_FREE_LOSS_TYPES
 from nnunetv2_mapo.training.settings import MAPO_SETTINGS, resolve_and_check
 
 FORWARD_SHARE = 1 / 3  # a forward pass, in forward-backward passes
@@ -64,7 +64,7 @@ def mapo_extra_iterations(total_epochs: int, first_epoch: int, iterations: int, 
     rounds = sum(1 for e in epochs_with_pairs if (e - warmup) % every == 0)
     cases = min(train_cases, resolved["mapo_cases_per_round"] or train_cases) * resolved["mapo_patches_per_case"]
     passes_per_case = resolved["mapo_num_hypotheses"] + (resolved["mapo_loss_type"] not in REFERENCE_FREE_LOSS_TYPES)
-    if resolved["mapo_pairing"] == "ground_truth_over_prediction":  # the prediction alone, no hypotheses
+    if resolved["mapo_pairing"] in PREDICTION_PAIRINGS:  # the prediction alone, no hypotheses
         passes_per_case = 1
     step_rows = len(epochs_with_pairs) * iterations * resolved["mapo_pairs_per_step"]
     round_rows = rounds * cases * passes_per_case * FORWARD_SHARE

@@ -18,4 +18,5 @@ DROPOUT_MODES = ("element", "channel")
 # y+ the best dropout hypothesis (the paper), or the ground truth; y- a dropout hypothesis, or (the last one) the
 # network's own prediction without dropout
 PAIRINGS = ("dropout", "ground_truth", "ground_truth_over_prediction")
+PREDICTION_PAIRINGS = ("ground_truth_over_prediction",)  # rounds of these run no dropout hypotheses
 OBJECTIVE_SETS = ("dice", "dice+boundary")  # what rounds rank hypotheses by: one pair per objective and item

@@ -21,7 +21,7 @@ import torch
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from torch import nn
 
-from nnunetv2_mapo.method import OBJECTIVE_SETS, PAIRINGS
+from nnunetv2_mapo.method import OBJECTIVE_SETS, PAIRINGS, PREDICTION_PAIRINGS
 from nnunetv2_mapo.method.dropout import DropoutInjector
 from nnunetv2_mapo.method.objectives import boundary_scores, objectives_of
 from nnunetv2_mapo.method.preference_loss import disagreement_counts, mask_log_likelihoods
@@ -113,7 +113,7 @@ def generate_preference_set(
     if "+".join(objectives) not in OBJECTIVE_SETS:
         raise ValueError(f"Unknown objectives {list(objectives)}; allowed: "
                          f"{[list(objectives_of(name)) for name in OBJECTIVE_SETS]}.")
-    against_prediction = pairing == "ground_truth_over_prediction"
+    against_prediction = pairing in PREDICTION_PAIRINGS
     if against_prediction and len(objectives) > 1:
         raise ValueError(f"pairing {pairing!r} gives one pair per item (the ground truth over the prediction), so it "
                          f"takes one objective, not {list(objectives)}; use objectives ('dice',).")

@@ -23,7 +23,7 @@ import torch
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from torch import distributed as dist
 
-from nnunetv2_mapo.method import REFERENCE_FREE_LOSS_TYPES
+from nnunetv2_mapo.method import PREDICTION_PAIRINGS, REFERENCE_FREE_LOSS_TYPES
 from nnunetv2_mapo.method.dropout import find_injector, unwrap
 from nnunetv2_mapo.method.objectives import objectives_of
 from nnunetv2_mapo.method.preference_set import PreferenceSet
@@ -91,7 +91,7 @@ def run_preference_round(trainer: nnUNetTrainerMAPO) -> tuple[PreferenceSet, dic
     """
     started = time()
     keys = round_cases(trainer)
-    against_prediction = trainer.mapo_pairing == "ground_truth_over_prediction"  # no dropout hypotheses to run
+    against_prediction = trainer.mapo_pairing in PREDICTION_PAIRINGS  # no dropout hypotheses to run
     passes = "the prediction without dropout" if against_prediction else \
         f"{trainer.mapo_num_hypotheses} dropout hypotheses"
     trainer.print_to_log_file(

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nnunetv2_mapo.method import DROPOUT_MODES, LOSS_TYPES, OBJECTIVE_SETS, PAIRINGS
+from nnunetv2_mapo.method import DROPOUT_MODES, LOSS_TYPES, OBJECTIVE_SETS, PAIRINGS, PREDICTION_PAIRINGS
 
 ENV_VAR = "nnUNet_mapo_config"
 
@@ -238,7 +238,7 @@ def resolve_and_check(values: dict[str, Any], batch_size: int | None) -> dict[st
             f"integer >= 0 and < num_epochs ({resolved['num_epochs']}), otherwise no preference round would run. "
             f"Lower mapo_warmup_epochs or raise num_epochs."
         )
-    if resolved["mapo_pairing"] == "ground_truth_over_prediction" and resolved["mapo_objectives"] != "dice":
+    if resolved["mapo_pairing"] in PREDICTION_PAIRINGS and resolved["mapo_objectives"] != "dice":
         raise MAPOConfigError(
             f"MAPO setting 'mapo_objectives' = {resolved['mapo_objectives']!r} does not go with 'mapo_pairing' = "
             f"'ground_truth_over_prediction': that pairing gives one pair per case (the ground truth over the "
