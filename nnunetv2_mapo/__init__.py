@@ -9,7 +9,7 @@ variants), :mod:`.evaluation`, :mod:`.benchmark` and :mod:`.commands` (the ``nnu
 
 from nnunetv2_mapo import discovery as _discovery
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 _discovery.autoregister()
 
@@ -24,6 +24,7 @@ _LAZY = {
     "nnUNetTrainerMAPO_ChannelDropout": "nnunetv2_mapo.training.variants.dropout",
     "nnUNetTrainerMAPO_GTAnchored": "nnunetv2_mapo.training.variants.pairs",
     "nnUNetTrainerMAPO_GTOverPrediction": "nnunetv2_mapo.training.variants.pairs",
+    "nnUNetTrainerMAPO_MirroredPairs": "nnunetv2_mapo.training.variants.pairs",
     "nnUNetTrainerMAPO_MultiObjective": "nnunetv2_mapo.training.variants.pairs",
     "nnUNetTrainerMAPO_PaperFormulation": "nnunetv2_mapo.training.variants.pairs",
     "nnUNetTrainerMAPO_BN": "nnunetv2_mapo.training.variants.networks",

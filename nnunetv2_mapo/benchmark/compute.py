@@ -8,6 +8,8 @@ MAPO costs more than the baseline in two places, both counted in sample-passes (
   backward pass (K without the reference pass of reference-free losses; one, the prediction, when the ground truth
   is paired with the prediction). A forward pass is counted as a third of a forward-backward pass, the
   usual ratio for convolutional networks (the backward pass computes gradients for activations and weights).
+  With ``mapo_mirror_pairs`` each case also counts a reference pass per further mirrored view (2 ** spatial
+  dimensions - 1), although only cases with a pair run them: the arm gets at least MAPO's compute.
 
 The equal-compute arm trains the baseline for the same epochs with ``ceil(iterations + extra / epochs)``
 iterations per epoch, extra being MAPO's additional sample-passes divided by the batch size. The benchmark reports
@@ -44,7 +46,7 @@ def mapo_schedule(total_epochs: int, settings: Mapping[str, Any], batch_size: in
 
 
 def mapo_extra_iterations(total_epochs: int, first_epoch: int, iterations: int, batch_size: int, train_cases: int,
-                          settings: Mapping[str, Any]) -> float:
+                          settings: Mapping[str, Any], spatial_dims: int = 3) -> float:
     """MAPO's extra sample-passes over the epochs ``first_epoch .. total_epochs - 1``, in baseline iterations.
 
     Args:
@@ -54,6 +56,7 @@ def mapo_extra_iterations(total_epochs: int, first_epoch: int, iterations: int, 
         batch_size: The batch size of one process.
         train_cases: The training cases a round draws from.
         settings: The ``mapo_*`` settings given to the MAPO trainer.
+        spatial_dims: 2 or 3, the configuration's patch dimensions (mirrored views of ``mapo_mirror_pairs``).
 
     Returns:
         Extra sample-passes / batch size (a number of iterations, not rounded).
@@ -66,13 +69,15 @@ def mapo_extra_iterations(total_epochs: int, first_epoch: int, iterations: int, 
     passes_per_case = resolved["mapo_num_hypotheses"] + (resolved["mapo_loss_type"] not in REFERENCE_FREE_LOSS_TYPES)
     if resolved["mapo_pairing"] in PREDICTION_PAIRINGS:  # the prediction alone, no hypotheses
         passes_per_case = 1
+    if resolved["mapo_mirror_pairs"] and resolved["mapo_loss_type"] not in REFERENCE_FREE_LOSS_TYPES:
+        passes_per_case += 2 ** spatial_dims - 1
     step_rows = len(epochs_with_pairs) * iterations * resolved["mapo_pairs_per_step"]
     round_rows = rounds * cases * passes_per_case * FORWARD_SHARE
     return (step_rows + round_rows) / batch_size
 
 
 def equal_compute_iterations(total_epochs: int, first_epoch: int, iterations: int, batch_size: int,
-                             train_cases: int, settings: Mapping[str, Any]) -> int:
+                             train_cases: int, settings: Mapping[str, Any], spatial_dims: int = 3) -> int:
     """Iterations per epoch of the equal-compute arm over the same epochs (module docstring).
 
     Raises:
@@ -81,5 +86,6 @@ def equal_compute_iterations(total_epochs: int, first_epoch: int, iterations: in
     own_epochs = total_epochs - first_epoch
     if own_epochs < 1:
         raise ValueError(f"No epoch to train: first_epoch {first_epoch}, total_epochs {total_epochs}.")
-    extra = mapo_extra_iterations(total_epochs, first_epoch, iterations, batch_size, train_cases, settings)
+    extra = mapo_extra_iterations(total_epochs, first_epoch, iterations, batch_size, train_cases, settings,
+                                  spatial_dims)
     return math.ceil(iterations + extra / own_epochs - 1e-9)

@@ -3,9 +3,11 @@
 A set holds, per pair, the input patch (float16), the preferred and dispreferred masks, the valid-voxel mask and
 the reference log-likelihoods of both masks. The reference policy is the network at generation time; since a pair's
 patch never changes, its reference log-likelihoods are computed once by the round (:mod:`.round`) instead of by a
-frozen network copy at every step (same loss, no extra memory, no extra forward pass). The Dice of y+, of y- and of
-the network's own prediction without dropout are kept as diagnostics. With several objectives
-(:mod:`.objectives`) an item may give one pair per objective; each pair records its objective's index.
+frozen network copy at every step (same loss, no extra memory, no extra forward pass). A set of mirrored pairs
+(:mod:`.mirroring`) holds one reference log-likelihood per mirrored view, and :meth:`PreferenceSet.sample` mirrors
+each drawn pair by a view drawn with it. The Dice of y+, of y- and of the network's own prediction without dropout
+are kept as diagnostics. With several objectives (:mod:`.objectives`) an item may give one pair per objective; each
+pair records its objective's index.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-STATE_VERSION = 3
-READABLE_STATE_VERSIONS = (1, 2, 3)  # version 1 had no network_dice, versions 1 and 2 no objective
+from nnunetv2_mapo.method.mirroring import mirror_rows
+
+STATE_VERSION = 4
+READABLE_STATE_VERSIONS = (1, 2, 3, 4)  # version 1 had no network_dice, 1-2 no objective, 1-3 no views
 
 
 @dataclass
@@ -49,8 +53,9 @@ class PreferenceSet:
         chosen: Preferred masks, ``(P, *patch)`` labels or ``(P, R, *patch)`` bool regions.
         rejected: Dispreferred masks, same layout.
         valid: ``(P, 1, *patch)`` bool (False on the ignore label) or None.
-        reference_chosen_logps: ``(P,)`` reference log-likelihood of y+ over the disagreement voxels.
-        reference_rejected_logps: ``(P,)`` the same for y-.
+        reference_chosen_logps: ``(P,)`` reference log-likelihood of y+ over the disagreement voxels; ``(P, V)``
+            with mirrored views, one column per view.
+        reference_rejected_logps: ``(P,)`` or ``(P, V)``, the same for y-.
         chosen_dice: ``(P,)`` Dice of y+; ``rejected_dice`` likewise.
         network_dice: ``(P,)`` Dice of the network's prediction without dropout (NaN in sets saved by version 1).
         keys: Case identifier of each pair.
@@ -59,6 +64,8 @@ class PreferenceSet:
         num_items: Items scored in the round (pairs plus items without a pair).
         objective: ``(P,)`` int64 index of the objective that ranked each pair (:mod:`.objectives`), or None when
             every pair is ranked by Dice (sets of a single objective, and sets saved before version 3).
+        views: The mirrored views the pairs are drawn in (:func:`~.mirroring.mirror_views`, the unmirrored view
+            first, as lists of spatial axes), or None: pairs are used as they were generated.
     """
 
     images: torch.Tensor
@@ -75,6 +82,7 @@ class PreferenceSet:
     epoch: int = 0
     num_items: int = 0
     objective: torch.Tensor | None = None
+    views: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -92,7 +100,8 @@ class PreferenceSet:
         return float((self.chosen_dice[known] > self.network_dice[known]).float().mean())
 
     def sample(self, count: int, generator: torch.Generator) -> PreferenceBatch:
-        """Draws ``count`` pairs uniformly (with replacement when the set is smaller).
+        """Draws ``count`` pairs uniformly (with replacement when the set is smaller); with mirrored views, each pair
+        in a view drawn uniformly, its reference log-likelihoods those of that view.
 
         Raises:
             ValueError: The set is empty.
@@ -103,12 +112,19 @@ class PreferenceSet:
             index = torch.randperm(len(self), generator=generator)[:count]
         else:
             index = torch.randint(len(self), (count,), generator=generator)
-        return PreferenceBatch(
-            self.images[index].float(), self.chosen[index], self.rejected[index],
-            None if self.valid is None else self.valid[index],
-            self.reference_chosen_logps[index], self.reference_rejected_logps[index],
-            None if self.objective is None else self.objective[index],
-        )
+        images, chosen, rejected = self.images[index].float(), self.chosen[index], self.rejected[index]
+        valid = None if self.valid is None else self.valid[index]
+        reference_chosen, reference_rejected = self.reference_chosen_logps[index], self.reference_rejected_logps[index]
+        if self.views is not None:
+            views = [tuple(view) for view in self.views]
+            choice = torch.randint(len(views), (count,), generator=generator)
+            spatial_dims = images.ndim - 2
+            images, chosen, rejected = (mirror_rows(t, views, choice, spatial_dims) for t in (images, chosen, rejected))
+            valid = None if valid is None else mirror_rows(valid, views, choice, spatial_dims)
+            rows = torch.arange(count)
+            reference_chosen, reference_rejected = reference_chosen[rows, choice], reference_rejected[rows, choice]
+        return PreferenceBatch(images, chosen, rejected, valid, reference_chosen, reference_rejected,
+                               None if self.objective is None else self.objective[index])
 
     def state_dict(self) -> dict:
         """Tensors and plain Python values only, so that ``torch.load(..., weights_only=True)`` reads it back."""
@@ -132,6 +148,8 @@ class PreferenceSet:
             state = state | {"network_dice": torch.full_like(state["chosen_dice"], math.nan)}
         if state["version"] < 3:
             state = state | {"objective": None}
+        if state["version"] < 4:
+            state = state | {"views": None}
         names = [f.name for f in fields(cls)]
         missing = [n for n in names if n not in state]
         if missing:
@@ -146,6 +164,9 @@ class PreferenceSet:
             wrong.append("objective")
         if not isinstance(state["keys"], list) or not all(isinstance(k, str) for k in state["keys"]):
             wrong.append("keys")
+        if state["views"] is not None and not (isinstance(state["views"], list) and all(
+                isinstance(v, list) and all(type(a) is int for a in v) for v in state["views"])):
+            wrong.append("views")
         wrong += [n for n in ("round_index", "epoch", "num_items") if type(state[n]) is not int]
         if wrong:
             raise ValueError(f"Preference-set state is corrupt: the fields {wrong} have the wrong type.")
@@ -158,6 +179,11 @@ class PreferenceSet:
             raise ValueError("Preference-set state is inconsistent: its tensors hold different numbers of pairs.")
         if result.chosen.shape != result.rejected.shape:
             raise ValueError("Preference-set state is inconsistent: chosen and rejected masks differ in shape.")
+        expected = (count,) if result.views is None else (count, len(result.views))
+        for reference in (result.reference_chosen_logps, result.reference_rejected_logps):
+            if tuple(reference.shape) != expected:
+                raise ValueError(f"Preference-set state is inconsistent: reference log-likelihoods of shape "
+                                 f"{tuple(reference.shape)} for {count} pairs and views {result.views}.")
         return result
 
     @classmethod
@@ -174,7 +200,7 @@ class PreferenceSet:
             reference_rejected_logps=cat("reference_rejected_logps"),
             chosen_dice=cat("chosen_dice"), rejected_dice=cat("rejected_dice"), network_dice=cat("network_dice"),
             keys=[k for p in parts for k in p.keys], round_index=first.round_index, epoch=first.epoch,
-            num_items=num_items, objective=None if first.objective is None else cat("objective"),
+            num_items=num_items, objective=None if first.objective is None else cat("objective"), views=first.views,
         )
 
 

@@ -10,6 +10,8 @@ With ``pairing='ground_truth_over_prediction'`` the ground truth is preferred ov
 without dropout (SPIN's pairs: the target over the model's own answer); that round runs no dropout hypotheses at all.
 With ``objectives=('dice', 'boundary')`` the hypotheses are also ranked by a boundary score (:mod:`.objectives`), and
 each objective gives its own pair, tagged with the objective's index.
+With ``mirror_axes`` the round also computes the reference log-likelihoods of every mirrored view of each pair
+(:mod:`.mirroring`; extra reference passes for the items that got a pair), so that training steps can mirror them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import nn
 
 from nnunetv2_mapo.method import OBJECTIVE_SETS, PAIRINGS, PREDICTION_PAIRINGS
 from nnunetv2_mapo.method.dropout import DropoutInjector
+from nnunetv2_mapo.method.mirroring import mirror_views, mirrored_logits
 from nnunetv2_mapo.method.objectives import boundary_scores, objectives_of
 from nnunetv2_mapo.method.preference_loss import disagreement_counts, mask_log_likelihoods
 from nnunetv2_mapo.method.preference_set import PreferenceSet, empty_preference_set
@@ -70,6 +73,7 @@ def generate_preference_set(
     reference_pass: bool = True,
     pairing: str = "dropout",
     objectives: Sequence[str] = ("dice",),
+    mirror_axes: Sequence[int] | None = None,
 ) -> PreferenceSet:
     """Runs one preference round over ``batches`` and returns the pairs it found.
 
@@ -100,6 +104,9 @@ def generate_preference_set(
         objectives: What the hypotheses are ranked by, one pair per objective and item: ``'dice'`` and optionally
             ``'boundary'`` (:func:`~nnunetv2_mapo.method.objectives.boundary_scores`); ``pair_margin`` applies to
             each objective's score. The set records each pair's objective index when there are several.
+        mirror_axes: Spatial axes the pairs may be mirrored along in training (nnU-Net's
+            ``inference_allowed_mirroring_axes``); None or empty: no mirroring. Each further view costs one
+            reference pass per chunk of items with a pair (none for reference-free losses).
 
     Raises:
         ValueError: An unknown ``pairing`` or objective, or several objectives with
@@ -117,6 +124,7 @@ def generate_preference_set(
     if against_prediction and len(objectives) > 1:
         raise ValueError(f"pairing {pairing!r} gives one pair per item (the ground truth over the prediction), so it "
                          f"takes one objective, not {list(objectives)}; use objectives ('dice',).")
+    views = mirror_views(mirror_axes)
     rates = torch.tensor(hypothesis_rates(dropout_rates, num_hypotheses))
     autocast = torch.autocast("cuda") if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     parts: dict[str, list] = {name: [] for name in ("images", "chosen", "rejected", "valid", "ref_c", "ref_r",
@@ -151,15 +159,24 @@ def generate_preference_set(
                     ranked_by = [scores]  # Dice, then the boundary score when it is an objective too
                     if "boundary" in objectives:
                         ranked_by.append(boundary_scores(hypotheses, reference, valid, label_manager))
+                mirrored: list[torch.Tensor] | None = None  # the other views' reference logits, once per chunk
                 for objective_index, ranking in enumerate(ranked_by):
                     chosen, chosen_scores, rejected, rejected_scores, has_pair = _pair_up(
                         ranking, hypotheses, scores, reference, pairing, pair_margin)
                     if reference_pass:
                         ref_c, ref_r, num_disagree = mask_log_likelihoods(
                             reference_logits.float(), chosen, rejected, valid, label_manager.has_regions)
+                        if len(views) > 1 and bool(has_pair.any()):
+                            if mirrored is None:
+                                with autocast:
+                                    mirrored = [mirrored_logits(network, data, view) for view in views[1:]]
+                            more = [mask_log_likelihoods(logits.float(), chosen, rejected, valid,
+                                                         label_manager.has_regions)[:2] for logits in mirrored]
+                            ref_c = torch.stack([ref_c, *(m[0] for m in more)], 1)
+                            ref_r = torch.stack([ref_r, *(m[1] for m in more)], 1)
                     else:
                         num_disagree = disagreement_counts(chosen, rejected, valid, label_manager.has_regions)
-                        ref_c = ref_r = torch.zeros(n, device=device)
+                        ref_c = ref_r = torch.zeros((n, len(views)) if len(views) > 1 else (n,), device=device)
                     keep = has_pair & (num_disagree > 0)
                     if not bool(keep.any()):
                         continue
@@ -169,7 +186,8 @@ def generate_preference_set(
                     _collect(parts, kept, keep, keys_all[start:stop], objective_index)
                     if examples is not None and objective_index == 0:
                         _add_examples(examples, kept, keep, reference, network_masks, keys_all[start:stop])
-    return _assemble(parts, label_manager, round_index, epoch, num_items, len(objectives) > 1)
+    return _assemble(parts, label_manager, round_index, epoch, num_items, len(objectives) > 1,
+                     [list(view) for view in views] if len(views) > 1 else None)
 
 
 def _pair_up(ranking: torch.Tensor, hypotheses: torch.Tensor, dice: torch.Tensor, reference: torch.Tensor,
@@ -215,7 +233,7 @@ def _add_examples(examples: RoundExamples, kept: dict[str, torch.Tensor | None],
 
 
 def _assemble(parts: dict, label_manager: LabelManager, round_index: int, epoch: int, num_items: int,
-              tag_objectives: bool) -> PreferenceSet:
+              tag_objectives: bool, views: list[list[int]] | None) -> PreferenceSet:
     if parts["images"]:
         cat = lambda name: torch.cat(parts[name])  # noqa: E731
         return PreferenceSet(
@@ -224,6 +242,6 @@ def _assemble(parts: dict, label_manager: LabelManager, round_index: int, epoch:
             reference_chosen_logps=cat("ref_c"), reference_rejected_logps=cat("ref_r"),
             chosen_dice=cat("dice_c"), rejected_dice=cat("dice_r"), network_dice=cat("dice_n"), keys=parts["keys"],
             round_index=round_index, epoch=epoch, num_items=num_items,
-            objective=cat("objective") if tag_objectives else None,
+            objective=cat("objective") if tag_objectives else None, views=views,
         )
     return empty_preference_set(round_index, epoch, num_items, has_ignore=label_manager.has_ignore_label)

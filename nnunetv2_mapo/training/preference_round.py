@@ -114,7 +114,7 @@ def run_preference_round(trainer: nnUNetTrainerMAPO) -> tuple[PreferenceSet, dic
             trainer.label_manager, trainer.mapo_num_hypotheses, trainer.mapo_dropout_rates, trainer.mapo_pair_margin,
             items_per_forward, trainer.device, generator, trainer.mapo_round_index, trainer.current_epoch, examples,
             reference_pass=trainer.mapo_loss_type not in REFERENCE_FREE_LOSS_TYPES, pairing=trainer.mapo_pairing,
-            objectives=objectives_of(trainer.mapo_objectives))
+            objectives=objectives_of(trainer.mapo_objectives), mirror_axes=pair_mirror_axes(trainer))
     finally:
         np.random.set_state(numpy_state)
     preference_set = gather_preference_set(preference_set)  # all ranks end with the same set
@@ -129,6 +129,19 @@ def run_preference_round(trainer: nnUNetTrainerMAPO) -> tuple[PreferenceSet, dic
                             f"MAPO round {preference_set.round_index} (epoch {preference_set.epoch}): "
                             f"{len(preference_set)} pairs from {preference_set.num_items} items")
     return preference_set, stats
+
+
+def pair_mirror_axes(trainer: nnUNetTrainerMAPO) -> tuple[int, ...]:
+    """The axes a round's pairs may be mirrored along: nnU-Net's inference mirror axes with ``mapo_mirror_pairs``
+    (none when the trainer allows no mirroring, which the log says once)."""
+    if not trainer.mapo_mirror_pairs:
+        return ()
+    axes = tuple(trainer.inference_allowed_mirroring_axes or ())
+    if not axes and not trainer.mapo_warned_no_mirroring:
+        trainer.mapo_warned_no_mirroring = True
+        trainer.print_to_log_file("MAPO: mapo_mirror_pairs is set, but this trainer allows no mirroring "
+                                  "(inference_allowed_mirroring_axes is empty), so the pairs stay unmirrored.")
+    return axes
 
 
 def round_picture_path(output_folder: str, round_index: int) -> str:

@@ -89,6 +89,9 @@ MAPO_SETTINGS: tuple[Setting, ...] = (
             lambda v: v is None or v >= 1, 100, "training cases sampled per round (bounds round time and memory)"),
     Setting("mapo_patches_per_case", "int", "an integer >= 1", lambda v: v >= 1, 1,
             "foreground-centred patches per case and round (other slices or places): more pairs, each reused less"),
+    Setting("mapo_mirror_pairs", "bool", "true or false", lambda v: True, False,
+            "draw each pair in a mirrored view (the axes nnU-Net mirrors at inference): patch and masks augmented "
+            "alike, reference log-likelihoods of every view computed by the round"),
     Setting("mapo_round_batch_size", "optional_int", "an integer >= 1, or null (K: one item per pass)",
             lambda v: v is None or v >= 1, None, "forward passes batched together while sampling hypotheses"),
     Setting("mapo_seed", "int", "an integer >= 0", lambda v: v >= 0, 12345,
@@ -135,6 +138,10 @@ def _typed(setting: Setting, value: Any) -> Any:
         return int(value)
     if kind in ("float", "optional_float"):
         return number(value)
+    if kind == "bool":
+        if not isinstance(value, bool):  # JSON true/false only: 0, 1 or "yes" are more likely a mistake
+            raise fail()
+        return value
     if kind == "str":
         if not isinstance(value, str):
             raise fail()

@@ -94,6 +94,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self.mapo_pairs_per_step: float | None = None  # pair rows added per step on average; None: batch size / 8
         self.mapo_cases_per_round: int | None = 100  # training cases per round; None: all
         self.mapo_patches_per_case = 1  # patches per case and round (2d: other slices); more pairs, each reused less
+        self.mapo_mirror_pairs = False  # each step draws a pair in a mirrored view (nnU-Net's mirror axes)
         self.mapo_round_batch_size: int | None = None  # forward passes batched in a round; None: K
         self.mapo_seed = 12345  # round cases, dropout masks, pair sampling
         self.mapo_round_pictures = 4  # items per round in mapo_rounds/round_NNNN.png; 0: none
@@ -104,6 +105,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self.mapo_round_index = 0
         self.mapo_train_keys: list[str] = []  # the cases preference rounds draw from (do_split)
         self.mapo_warned_empty_round = False
+        self.mapo_warned_no_mirroring = False
         self._mapo_pair_generator = torch.Generator()
         self._mapo_pair_steps = 0  # training steps taken with a preference set (they schedule the pair counts)
         self._mapo_epoch_round: dict[str, float] = {}  # the metrics of the round run at this epoch's start

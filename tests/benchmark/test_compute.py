@@ -32,6 +32,15 @@ def test_patches_per_case_and_pairs_against_the_prediction() -> None:
     assert mapo_extra_iterations(10, 0, 20, 8, 30, against) == pytest.approx((160 + 2 * 10 * 1 / 3) / 8)
 
 
+def test_mirrored_pairs_count_a_reference_pass_per_further_view() -> None:
+    mirrored = SETTINGS | {"mapo_mirror_pairs": True}  # 2d: 3 more views, 3d: 7 more, for every case of a round
+    extra = lambda settings, dims: mapo_extra_iterations(10, 0, 20, 8, 30, settings, spatial_dims=dims)  # noqa: E731
+    assert extra(mirrored, 2) == pytest.approx((160 + 2 * 10 * 9 / 3) / 8)
+    assert extra(mirrored, 3) == pytest.approx((160 + 2 * 10 * 13 / 3) / 8)
+    free = mirrored | {"mapo_loss_type": "simpo"}  # no reference, so no view's reference either
+    assert extra(free, 3) == pytest.approx((160 + 2 * 10 * 5 / 3) / 8)
+
+
 def test_defaults_are_the_trainers() -> None:
     resolved = mapo_schedule(100, {}, 16)
     assert resolved["mapo_warmup_epochs"] == 10 and resolved["mapo_pairs_per_step"] == 2.0

@@ -100,6 +100,62 @@ def test_objective_tags_survive_the_state_sampling_and_concatenation(label_round
         PreferenceSet.from_state_dict(both.state_dict() | {"objective": 1})
 
 
+def test_mirrored_views_survive_the_state_and_concatenation(label_round, tmp_path):
+    network, batches, plain = label_round
+    mirrored = generate(network, batches, round_index=3, epoch=17, mirror_axes=(0, 1))
+    restored = roundtrip(mirrored, tmp_path)
+    assert restored.views == [[], [0], [1], [0, 1]]
+    assert torch.equal(restored.reference_chosen_logps, mirrored.reference_chosen_logps)
+    joined = PreferenceSet.concatenate([mirrored, empty_preference_set(3, 17, 2), mirrored])
+    assert joined.views == mirrored.views and joined.reference_rejected_logps.shape == (2 * len(mirrored), 4)
+    state = plain.state_dict()
+    state["version"] = 3  # sets saved before mirrored views: pairs used as generated
+    del state["views"]
+    assert PreferenceSet.from_state_dict(state).views is None
+
+
+def test_reference_columns_must_match_the_views(label_round):
+    network, batches, plain = label_round
+    mirrored = generate(network, batches, mirror_axes=(0, 1)).state_dict()
+    with pytest.raises(ValueError, match="reference log-likelihoods of shape"):
+        PreferenceSet.from_state_dict(mirrored | {"views": [[], [0]]})
+    with pytest.raises(ValueError, match="reference log-likelihoods of shape"):
+        PreferenceSet.from_state_dict(plain.state_dict() | {"views": [[], [0]]})
+    with pytest.raises(ValueError, match="reference log-likelihoods of shape"):
+        PreferenceSet.from_state_dict(mirrored | {"views": None})
+    with pytest.raises(ValueError, match="wrong type"):
+        PreferenceSet.from_state_dict(mirrored | {"views": [[], ["0"], [1], [0, 1]]})
+
+
+def test_sampled_views_move_patch_masks_and_reference_together():
+    preference_set = synthetic_set(3, with_valid=True)
+    preference_set.images = torch.arange(3 * 16, dtype=torch.float16).reshape(3, 1, 4, 4)
+    preference_set.chosen = torch.arange(3 * 16, dtype=torch.uint8).reshape(3, 4, 4)
+    preference_set.rejected = preference_set.chosen + 100
+    preference_set.valid = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0)) > 0.5
+    preference_set.views = [[], [0], [1], [0, 1]]
+    # reference of pair i in view v: -(10 i + v), so a drawn reference names its pair and view
+    preference_set.reference_chosen_logps = -(10 * torch.arange(3.0)[:, None] + torch.arange(4.0))
+    preference_set.reference_rejected_logps = preference_set.reference_chosen_logps - 1000
+    batch = preference_set.sample(60, torch.Generator().manual_seed(1))
+    seen = set()
+    for row in range(len(batch)):
+        code = int(-batch.reference_chosen_logps[row])
+        pair, view = divmod(code, 10)
+        seen.add(view)
+        axes = preference_set.views[view]  # spatial axes: dims 1 + a of an image row (1, H, W), a of a mask row
+
+        def flip(tensor: torch.Tensor, first_spatial: int, axes: list[int] = axes) -> torch.Tensor:
+            return tensor.flip([first_spatial + a for a in axes]) if axes else tensor
+
+        assert torch.equal(batch.images[row], flip(preference_set.images[pair].float(), 1))
+        assert torch.equal(batch.chosen[row], flip(preference_set.chosen[pair], 0))
+        assert torch.equal(batch.rejected[row], flip(preference_set.rejected[pair], 0))
+        assert torch.equal(batch.valid[row], flip(preference_set.valid[pair], 1))
+        assert batch.reference_rejected_logps[row] == batch.reference_chosen_logps[row] - 1000
+    assert seen == {0, 1, 2, 3}
+
+
 def corrupt_states(state: dict) -> list[tuple[str, dict]]:
     return [
         ("version", state | {"version": STATE_VERSION + 1}),

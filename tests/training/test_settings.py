@@ -71,6 +71,8 @@ def test_paper_defaults():
     ("mapo_dropout_mode", "channel", "channel"),
     ("mapo_loss_type", "ipo", "ipo"),
     ("mapo_loss_type", "hinge", "hinge"),
+    ("mapo_mirror_pairs", True, True),
+    ("mapo_mirror_pairs", False, False),
     ("num_epochs", 1, 1),
     ("initial_lr", 1e-3, 1e-3),
     ("weight_decay", 0, 0.0),
@@ -128,6 +130,9 @@ def test_out_of_range_names_key_value_and_range(name, value):
     ("num_epochs", float("inf")),
     ("num_epochs", float("nan")),
     ("mapo_seed", [1]),
+    ("mapo_mirror_pairs", 1),  # JSON true/false only
+    ("mapo_mirror_pairs", "true"),
+    ("mapo_mirror_pairs", None),
     ("mapo_beta", True),
     ("mapo_beta", "1.0"),
     ("mapo_beta", None),

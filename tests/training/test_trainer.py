@@ -18,7 +18,7 @@ from nnunetv2_mapo.commands.synthetic import write_synthetic_dataset
 from nnunetv2_mapo.commands.workspace import Workspace
 from nnunetv2_mapo.method.dropout import find_injector
 from nnunetv2_mapo.training.checkpointing import MAPOStateError
-from nnunetv2_mapo.training.preference_round import round_cases
+from nnunetv2_mapo.training.preference_round import pair_mirror_axes, round_cases
 from nnunetv2_mapo.training.settings import MAPOConfigError
 from nnunetv2_mapo.training.trainer import nnUNetTrainerMAPO
 from nnunetv2_mapo.training.variants.preference_loss import nnUNetTrainerMAPO_IPO
@@ -195,6 +195,29 @@ def test_several_patches_per_case_give_that_many_items_per_case(make_trainer) ->
             assert "for each of 6 training patches" in handle.read()
     finally:
         trainer.on_train_end()
+
+
+def test_mirrored_pairs_use_nnunet_mirror_axes(make_trainer) -> None:
+    trainer = make_trainer(mapo_warmup_epochs=0, num_epochs=5, mapo_cases_per_round=2, mapo_mirror_pairs=True,
+                           mapo_num_hypotheses=2, mapo_pair_margin=0.0, mapo_round_pictures=0)
+    trainer.on_train_start()  # nnU-Net sets inference_allowed_mirroring_axes here: (0, 1) for 2d
+    try:
+        assert pair_mirror_axes(trainer) == (0, 1)
+        pairs = trainer.run_preference_round()
+        assert len(pairs) > 0 and pairs.views == [[], [0], [1], [0, 1]]
+        assert pairs.reference_chosen_logps.shape == (len(pairs), 4)
+        trainer.mapo_mirror_pairs = False
+        assert pair_mirror_axes(trainer) == ()
+    finally:
+        trainer.on_train_end()
+
+
+def test_mirrored_pairs_without_mirror_axes_stay_unmirrored_and_say_so() -> None:
+    logged = []
+    trainer = SimpleNamespace(mapo_mirror_pairs=True, inference_allowed_mirroring_axes=None,
+                              mapo_warned_no_mirroring=False, print_to_log_file=logged.append)
+    assert pair_mirror_axes(trainer) == () and pair_mirror_axes(trainer) == ()
+    assert len(logged) == 1 and "allows no mirroring" in logged[0]  # once per training
 
 
 def test_continue_from_foreign_checkpoint_is_refused(make_trainer, tmp_path) -> None:

@@ -224,8 +224,11 @@ def test_hippocampus_few_cases(tmp_path: Path) -> None:
                                                             ("nnUNetTrainerMAPO_GTOverPrediction", "mapo_pairing",
                                                              "ground_truth_over_prediction"),
                                                             ("nnUNetTrainerMAPO_MultiObjective", "mapo_objectives",
-                                                             "dice+boundary")])
-def test_loss_and_pair_variants_train_end_to_end(ws2d: Workspace, trainer: str, setting: str, value: str) -> None:
+                                                             "dice+boundary"),
+                                                            ("nnUNetTrainerMAPO_MirroredPairs", "mapo_mirror_pairs",
+                                                             True)])
+def test_loss_and_pair_variants_train_end_to_end(ws2d: Workspace, trainer: str, setting: str,
+                                                 value: str | bool) -> None:
     output = ws2d.train(901, "2d", 4, trainer, "cpu", TINY | {"num_epochs": 2, "mapo_regen_every": 1})
     fold = ws2d.output_folder(901, trainer, "2d", 4)
     assert json.load(open(os.path.join(fold, "mapo_config.json")))["settings"][setting] == value
@@ -234,9 +237,14 @@ def test_loss_and_pair_variants_train_end_to_end(ws2d: Workspace, trainer: str, 
     with_pairs = [v for v, n in zip(logging["mapo_dpo_loss"][1:], logging["mapo_num_pairs"][1:]) if n > 0]
     assert all(math.isfinite(v) for v in with_pairs)  # the term is active after the warm-up, wherever a round had pairs
     no_dropout = logging["mapo_dice_no_dropout"][1]  # the round's Dice of the network's own prediction
-    if value.startswith("ground_truth"):
+    if str(value).startswith("ground_truth"):
         assert logging["mapo_dice_chosen"][1] == 1.0  # y+ is the ground truth
     if value == "ground_truth_over_prediction":  # y- is the network's own prediction
         assert logging["mapo_dice_rejected"][1] == pytest.approx(no_dropout)
         assert "the prediction without dropout for each of" in output
     assert math.isnan(no_dropout) if value == "simpo" else math.isfinite(no_dropout)  # SimPO: no reference pass
+    if setting == "mapo_mirror_pairs":  # each pair's reference in all 4 views of a 2d patch, kept with the set
+        sets = [torch.load(path, weights_only=True) for path in Path(fold, "mapo_sets").glob("*.pt")]
+        assert all(s["views"] == [[], [0], [1], [0, 1]] and s["reference_chosen_logps"].shape == (len(s["keys"]), 4)
+                   for s in sets if s["keys"])
+        assert any(s["keys"] for s in sets) or not with_pairs

@@ -9,6 +9,7 @@ from nnunetv2_mapo.training.trainer import nnUNetTrainerMAPO
 __all__ = [
     "nnUNetTrainerMAPO_GTAnchored",
     "nnUNetTrainerMAPO_GTOverPrediction",
+    "nnUNetTrainerMAPO_MirroredPairs",
     "nnUNetTrainerMAPO_MultiObjective",
     "nnUNetTrainerMAPO_PaperFormulation",
 ]
@@ -33,6 +34,17 @@ class nnUNetTrainerMAPO_GTOverPrediction(nnUNetTrainerMAPO):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.mapo_pairing = "ground_truth_over_prediction"
+
+
+class nnUNetTrainerMAPO_MirroredPairs(nnUNetTrainerMAPO):
+    """The paper's pairs, each drawn in a random mirrored view at every step (the axes nnU-Net mirrors at inference;
+    ``nnunetv2_mapo.method.mirroring``): 4 views of each pair in 2D, 8 in 3D, instead of one fixed patch that the DPO
+    term fits within an epoch. The round computes the reference log-likelihoods of every view."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.mapo_mirror_pairs = True
 
 
 class nnUNetTrainerMAPO_MultiObjective(nnUNetTrainerMAPO):
