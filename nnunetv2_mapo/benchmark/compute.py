@@ -66,10 +66,11 @@ def mapo_extra_iterations(total_epochs: int, first_epoch: int, iterations: int, 
     epochs_with_pairs = [e for e in range(first_epoch, total_epochs) if e >= warmup]
     rounds = sum(1 for e in epochs_with_pairs if (e - warmup) % every == 0)
     cases = min(train_cases, resolved["mapo_cases_per_round"] or train_cases) * resolved["mapo_patches_per_case"]
-    passes_per_case = resolved["mapo_num_hypotheses"] + (resolved["mapo_loss_type"] not in REFERENCE_FREE_LOSS_TYPES)
+    has_reference = resolved["mapo_loss_type"] not in REFERENCE_FREE_LOSS_TYPES
+    passes_per_case = resolved["mapo_num_hypotheses"] + has_reference
     if resolved["mapo_pairing"] in PREDICTION_PAIRINGS:  # the prediction alone, no hypotheses
         passes_per_case = 1
-    if resolved["mapo_mirror_pairs"] and resolved["mapo_loss_type"] not in REFERENCE_FREE_LOSS_TYPES:
+    if resolved["mapo_mirror_pairs"] and has_reference:  # a reference pass per further mirrored view
         passes_per_case += 2 ** spatial_dims - 1
     step_rows = len(epochs_with_pairs) * iterations * resolved["mapo_pairs_per_step"]
     round_rows = rounds * cases * passes_per_case * FORWARD_SHARE

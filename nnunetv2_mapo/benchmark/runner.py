@@ -186,7 +186,7 @@ class Benchmark:
         batch_size = planned_batch_size(os.path.join(dataset_pre, spec.plans_identifier + ".json"), spec)
         if spec.equal_compute and batch_size is not None:  # None: not planned, so nothing trained to report either
             cases = split["train"] if split else dataset_cases(os.path.join(workspace.raw, self.dataset_name))
-            self.equal_compute_iterations = equal_compute_iterations(  # 5-fold split: ~80%; not 2d: 3D, more compute
+            self.equal_compute_iterations = equal_compute_iterations(  # 5-fold split: ~80% train; non-2d: 3D views
                 spec.total_epochs, spec.shared_warmup_epochs, spec.iterations, batch_size, len(cases) if split else
                 len(cases) - len(cases) // 5, trainer_settings(spec, "mapo", 0), 2 if spec.configuration == "2d" else 3)
 

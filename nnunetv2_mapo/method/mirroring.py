@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 import torch
 
+from nnunetv2_mapo.method.train_eval import full_resolution
+
 View = tuple[int, ...]  # the spatial axes (0-based, over the patch's spatial dimensions) a view mirrors
 
 
@@ -63,9 +65,7 @@ def mirrored_logits(network: torch.nn.Module, data: torch.Tensor, view: View) ->
     """The network's full-resolution logits for the mirrored ``data`` ``(n, C, *patch)``, mirrored back, so that
     they line up with the unmirrored masks (module docstring)."""
     spatial_dims = data.ndim - 2
-    output = network(mirror(data, view, spatial_dims))
-    logits = output[0] if isinstance(output, (list, tuple)) else output
-    return mirror(logits, view, spatial_dims)
+    return mirror(full_resolution(network(mirror(data, view, spatial_dims))), view, spatial_dims)
 
 
 def mirror_rows(tensor: torch.Tensor, views: Sequence[View], choice: torch.Tensor, spatial_dims: int) -> torch.Tensor:

@@ -31,7 +31,7 @@ from nnunetv2_mapo.method.preference_loss import disagreement_counts, mask_log_l
 from nnunetv2_mapo.method.preference_set import PreferenceSet, empty_preference_set
 from nnunetv2_mapo.method.schedule import hypothesis_rates
 from nnunetv2_mapo.method.scoring import logits_to_masks, mean_foreground_dice, select_pairs, split_target
-from nnunetv2_mapo.method.train_eval import eval_mode
+from nnunetv2_mapo.method.train_eval import eval_mode, full_resolution
 
 
 @dataclass
@@ -49,10 +49,6 @@ class RoundExamples:
     @property
     def wanted(self) -> int:
         return max(0, self.limit - len(self.items))
-
-
-def _first_output(output: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-    return output[0] if isinstance(output, (list, tuple)) else output
 
 
 @torch.no_grad()
@@ -143,7 +139,7 @@ def generate_preference_set(
                 reference, valid = split_target(target, label_manager)
                 with autocast:
                     if reference_pass or against_prediction:
-                        reference_logits = _first_output(network(data))
+                        reference_logits = full_resolution(network(data))
                         network_masks = logits_to_masks(reference_logits, label_manager).unsqueeze(1)
                         network_scores = mean_foreground_dice(network_masks, reference, valid, label_manager)[:, 0]
                     else:
@@ -152,7 +148,7 @@ def generate_preference_set(
                         hypotheses, scores = network_masks, network_scores[:, None]
                     else:
                         with injector.sampling(rates.repeat(n), generator):
-                            logits = _first_output(network(data.repeat_interleave(num_hypotheses, 0)))
+                            logits = full_resolution(network(data.repeat_interleave(num_hypotheses, 0)))
                         hypotheses = logits_to_masks(logits, label_manager)
                         hypotheses = hypotheses.reshape(n, num_hypotheses, *hypotheses.shape[1:])
                         scores = mean_foreground_dice(hypotheses, reference, valid, label_manager)

@@ -55,6 +55,11 @@ def _is_mode_dependent(module: nn.Module) -> bool:
     return False
 
 
+def full_resolution(output: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """The full-resolution output of a network: the first of its deep-supervision outputs, or the output itself."""
+    return output[0] if isinstance(output, Sequence) and not isinstance(output, torch.Tensor) else output
+
+
 @contextmanager
 def eval_mode(network: nn.Module) -> Iterator[nn.Module]:
     """Puts every module of ``network`` in eval mode inside the block and restores each module's own flag after it
@@ -76,5 +81,4 @@ def eval_mode_forward(network: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         inputs: ``(N, C_in, *patch)``.
     """
     with eval_mode(network):
-        output = network(inputs)
-    return output[0] if isinstance(output, Sequence) and not isinstance(output, torch.Tensor) else output
+        return full_resolution(network(inputs))
