@@ -229,7 +229,7 @@ def test_hippocampus_few_cases(tmp_path: Path) -> None:
                                                              True)])
 def test_loss_and_pair_variants_train_end_to_end(ws2d: Workspace, trainer: str, setting: str,
                                                  value: str | bool) -> None:
-    # margin 0: every round item has a pair, so the round statistics below exist whatever the tiny network predicts
+    # margin 0: any item whose best and worst hypotheses differ in a voxel gives a pair, so the first round has pairs
     output = ws2d.train(901, "2d", 4, trainer, "cpu",
                         TINY | {"num_epochs": 2, "mapo_regen_every": 1, "mapo_pair_margin": 0.0})
     fold = ws2d.output_folder(901, trainer, "2d", 4)
