@@ -9,7 +9,7 @@ variants), :mod:`.evaluation`, :mod:`.benchmark` and :mod:`.commands` (the ``nnu
 
 from nnunetv2_mapo import discovery as _discovery
 
-__version__ = "0.8.0"
+__version__ = "0.9.0"
 
 _discovery.autoregister()
 
@@ -17,11 +17,16 @@ _discovery.autoregister()
 _LAZY = {
     "nnUNetTrainerMAPO": "nnunetv2_mapo.training.trainer",
     "nnUNetTrainerMAPO_NoWarmup": "nnunetv2_mapo.training.variants.schedule",
+    "nnUNetTrainerMAPO_cDPO": "nnunetv2_mapo.training.variants.preference_loss",
+    "nnUNetTrainerMAPO_DPO": "nnunetv2_mapo.training.variants.preference_loss",
+    "nnUNetTrainerMAPO_TargetMargin": "nnunetv2_mapo.training.variants.preference_loss",
+    "nnUNetTrainerMAPO_RPO": "nnunetv2_mapo.training.variants.preference_loss",
     "nnUNetTrainerMAPO_IPO": "nnunetv2_mapo.training.variants.preference_loss",
     "nnUNetTrainerMAPO_Hinge": "nnunetv2_mapo.training.variants.preference_loss",
     "nnUNetTrainerMAPO_SimPO": "nnunetv2_mapo.training.variants.preference_loss",
     "nnUNetTrainerMAPO_DPOP": "nnunetv2_mapo.training.variants.preference_loss",
     "nnUNetTrainerMAPO_ChannelDropout": "nnunetv2_mapo.training.variants.dropout",
+    "nnUNetTrainerDropoutOnly": "nnunetv2_mapo.training.variants.dropout",
     "nnUNetTrainerMAPO_GTAnchored": "nnunetv2_mapo.training.variants.pairs",
     "nnUNetTrainerMAPO_GTOverPrediction": "nnunetv2_mapo.training.variants.pairs",
     "nnUNetTrainerMAPO_MirroredPairs": "nnunetv2_mapo.training.variants.pairs",
@@ -33,9 +38,9 @@ _LAZY = {
     "nnUNetTrainerMAPO_Primus_M": "nnunetv2_mapo.training.variants.networks",
     "nnUNetTrainerMAPO_Primus_L": "nnunetv2_mapo.training.variants.networks",
     "dpo_loss": "nnunetv2_mapo.method.preference_loss",
-    "DPOLoss": "nnunetv2_mapo.method.preference_loss",
-    "simpo_loss": "nnunetv2_mapo.method.preference_loss",
-    "dpop_loss": "nnunetv2_mapo.method.preference_loss",
+    "preference_loss": "nnunetv2_mapo.method.preference_loss",
+    "PreferenceLoss": "nnunetv2_mapo.method.preference_loss",
+    "PreferenceLossConfig": "nnunetv2_mapo.method.preference_loss",
 }
 
 

@@ -11,6 +11,11 @@ MAPO costs more than the baseline in two places, both counted in sample-passes (
   With ``mapo_mirror_pairs`` each case also counts a reference pass per further mirrored view (2 ** spatial
   dimensions - 1), although only cases with a pair run them: the arm gets at least MAPO's compute.
 
+Rounds and pair rows follow the trainer's schedule, simulated epoch by epoch: a round at the end of the warm-up, then
+whenever the set is spent (``mapo_max_pair_uses`` draws of every pair) or ``mapo_regen_every`` epochs have passed.
+The simulation assumes that every case gives a pair; a round that finds fewer pairs spends its set sooner, so MAPO
+then runs more rounds (and carries fewer pair rows) than counted.
+
 The equal-compute arm trains the baseline for the same epochs with ``ceil(iterations + extra / epochs)``
 iterations per epoch, extra being MAPO's additional sample-passes divided by the batch size. The benchmark reports
 each arm's wall time beside it, so whether the arms also took the same time can be read off. The settings are those
@@ -62,19 +67,42 @@ def mapo_extra_iterations(total_epochs: int, first_epoch: int, iterations: int, 
         Extra sample-passes / batch size (a number of iterations, not rounded).
     """
     resolved = mapo_schedule(total_epochs, settings, batch_size)
-    warmup, every = resolved["mapo_warmup_epochs"], resolved["mapo_regen_every"]
-    epochs_with_pairs = [e for e in range(first_epoch, total_epochs) if e >= warmup]
-    rounds = sum(1 for e in epochs_with_pairs if (e - warmup) % every == 0)
     cases = min(train_cases, resolved["mapo_cases_per_round"] or train_cases) * resolved["mapo_patches_per_case"]
+    rounds, pair_rows = simulate_rounds(range(max(first_epoch, resolved["mapo_warmup_epochs"]), total_epochs),
+                                        iterations * resolved["mapo_pairs_per_step"], resolved["mapo_regen_every"],
+                                        cases, resolved["mapo_max_pair_uses"])
     has_reference = resolved["mapo_loss_type"] not in REFERENCE_FREE_LOSS_TYPES
     passes_per_case = resolved["mapo_num_hypotheses"] + has_reference
     if resolved["mapo_pairing"] in PREDICTION_PAIRINGS:  # the prediction alone, no hypotheses
         passes_per_case = 1
     if resolved["mapo_mirror_pairs"] and has_reference:  # a reference pass per further mirrored view
         passes_per_case += 2 ** spatial_dims - 1
-    step_rows = len(epochs_with_pairs) * iterations * resolved["mapo_pairs_per_step"]
     round_rows = rounds * cases * passes_per_case * FORWARD_SHARE
-    return (step_rows + round_rows) / batch_size
+    return (pair_rows + round_rows) / batch_size
+
+
+def simulate_rounds(epochs: range, pairs_per_epoch: float, regen_every: int, set_size: int,
+                    max_uses: int | None) -> tuple[int, float]:
+    """Rounds and pair rows over ``epochs`` (those after the warm-up) under the trainer's schedule.
+
+    Args:
+        epochs: The epochs with preference training.
+        pairs_per_epoch: Pair rows the steps of one epoch ask for.
+        regen_every: ``mapo_regen_every``.
+        set_size: Pairs per round.
+        max_uses: ``mapo_max_pair_uses`` (None: no bound).
+
+    Returns:
+        ``(rounds, pair rows)``.
+    """
+    rounds, rows, last_round, left = 0, 0.0, None, math.inf
+    for epoch in epochs:
+        if last_round is None or left <= 0 or epoch - last_round >= regen_every:
+            rounds, last_round = rounds + 1, epoch
+            left = math.inf if max_uses is None else set_size * max_uses
+        taken = min(pairs_per_epoch, left)
+        rows, left = rows + taken, left - taken
+    return rounds, rows
 
 
 def equal_compute_iterations(total_epochs: int, first_epoch: int, iterations: int, batch_size: int,

@@ -2,7 +2,8 @@
 
 - :mod:`.dropout`: dropout hooks injected into any network (state-dict keys unchanged)
 - :mod:`.scoring`: hypotheses to masks, Dice against the ground truth, choice of (y+, y-)
-- :mod:`.preference_loss`: mask log-likelihoods and the preference losses (DPO, IPO, hinge, SimPO, DPO-Positive)
+- :mod:`.preference_loss`: mask log-likelihoods and the preference losses (DPO, cDPO, IPO, hinge, target margin,
+  SimPO, DPO-Positive, RPO)
 - :mod:`.objectives`: a boundary score for hypotheses, adaptive weights over several preference objectives
 - :mod:`.preference_set`: the pairs of one round, their sampling and their saved state
 - :mod:`.schedule`: how many pairs a training step carries, which rate each hypothesis uses
@@ -12,8 +13,11 @@
 The named options below are imported by the settings table as well, so this file imports nothing.
 """
 
-LOSS_TYPES = ("sigmoid", "ipo", "hinge", "simpo", "dpop")
+LOSS_TYPES = ("sigmoid", "cdpo", "ipo", "hinge", "target_margin", "simpo", "dpop", "rpo")
 REFERENCE_FREE_LOSS_TYPES = ("simpo",)  # rounds of these skip the reference pass
+# How the preference term is sized beside Dice+CE: its gradient per disagreement voxel at a round's start against
+# cross-entropy's largest per-voxel gradient (the default), or the mean of the pairs' losses (the paper's reading)
+TERM_SCALES = ("voxel_gradient", "pair_mean")
 DROPOUT_MODES = ("element", "channel")
 # y+ the best dropout hypothesis (the paper), or the ground truth; y- a dropout hypothesis, or (the last one) the
 # network's own prediction without dropout

@@ -1,33 +1,119 @@
-"""The preference losses: mask log-likelihoods, DPO and its variants as pure functions on tensors.
+"""The preference losses: mask log-likelihoods, and every preference loss as a pure function on tensors.
 
-Reference formulation (``docs/method.md``): for a pair (y+, y-) on the same patch, with logits z,
+Notation (``docs/method.md``): for a pair (y+, y-) on one patch with logits z, D the voxels where y+ and y- differ
+(ignored voxels left out) and l(y) the log-likelihood of mask y summed over D,
 
-    l(y) = sum over the disagreement voxels D = {i : y+_i != y-_i, i not ignored} of log p_z(y_i)
-    r+   = beta / |D| * (l_policy(y+) - l_ref(y+)),   r- likewise
-    L    = -log sigmoid(r+ - r-)                          ('sigmoid', DPO)
+    h+ = (l_policy(y+) - l_ref(y+)) / |D|     the per-voxel log-ratio of y+, in nats per disagreement voxel
+    h- likewise,  h = h+ - h-                 the pair's margin, in nats per disagreement voxel
+    r+ = beta h+,  r- = beta h-               the implicit rewards (TRL's rewards/chosen, rewards/rejected)
 
-Voxels where y+ and y- agree cancel in l(y+) - l(y-), so summing over D only gives the same margin with less
-rounding; dividing by |D| keeps the margin from shrinking towards zero with the patch size. Label training uses the
-softmax likelihood, region training (sigmoid outputs) the Bernoulli likelihood of each region channel.
+Voxels where y+ and y- agree cancel in l(y+) - l(y-), so summing over D gives the same margin with less rounding;
+dividing by |D| makes the margin a per-voxel quantity. Labels use the softmax likelihood, regions (sigmoid outputs)
+the Bernoulli likelihood of each region channel. Reference-free losses (SimPO) take l_ref = 0.
 
-Beyond DPO (``docs/method.md`` gives the formulas and sources):
+The losses, each a function of the margin (``docs/method.md`` gives sources; "optimum" is the margin at which the
+loss stops pulling):
 
-- :func:`simpo_loss`, reference-free (SimPO, Meng et al. 2024, as AMoPO uses it, arXiv 2506.07165):
-  r+ = beta / |D| * l_policy(y+), r- likewise, L = -log sigmoid(r+ - r- - gamma);
-- :func:`dpop_loss`, DPO-Positive (Pal et al. 2024, arXiv 2402.13228): L = -log sigmoid(r+ - r- - lambda *
-  max(0, -r+)), which stops the preferred mask's likelihood from falling below the reference's, DPO's known failure
-  on pairs that differ in few tokens (here: voxels).
+========================  =============================================================  ========================
+type                      loss per pair                                                  optimum h*
+========================  =============================================================  ========================
+``sigmoid`` (DPO)         -log sigmoid(beta h)                                           none (grows without bound)
+``cdpo`` (robust DPO)     -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)      ln((1 - eps) / eps) / beta
+``ipo``                   (h - 1 / (2 beta))^2                                           1 / (2 beta)
+``hinge`` (SLiC)          relu(1 - beta h)                                               any h >= 1 / beta
+``target_margin``         relu(m - h)^2 / m^2 (squared hinge, m in nats per voxel)       any h >= m
+``simpo`` (ref.-free)     -log sigmoid(beta (l(y+) - l(y-)) / |D| - gamma)               none
+``dpop`` (DPO-Positive)   -log sigmoid(beta h - lambda relu(-beta h+))                   none
+``rpo``                   -log sigmoid(beta h) - alpha l_policy(y+) / |D|                none
+========================  =============================================================  ========================
+
+:class:`PreferenceLossConfig` validates a loss's settings once; :func:`preference_loss` computes it (TRL's
+``dpo_loss`` layout: losses and the detached rewards); :class:`PreferenceLoss` is the module the trainer uses
+(log-likelihoods from logits, float32 under autocast).
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunetv2_mapo.method import LOSS_TYPES
+from nnunetv2_mapo.method import LOSS_TYPES, REFERENCE_FREE_LOSS_TYPES
 
-DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")  # the loss types of dpo_loss itself
+DEFAULT_BETA = 1.0  # the trainer's default (every default of the config is the trainer's; a test checks them)
+
+
+@dataclass(frozen=True)
+class PreferenceLossConfig:
+    """One preference loss and its settings, checked once at construction.
+
+    Args:
+        loss_type: One of :data:`nnunetv2_mapo.method.LOSS_TYPES` (table in the module docstring).
+        beta: Temperature, > 0.
+        label_smoothing: cDPO's epsilon, in (0, 0.5) (``cdpo`` only): the assumed share of flipped preferences.
+        target_margin: m, the margin in nats per disagreement voxel at which ``target_margin`` stops, > 0.
+        simpo_gamma: SimPO's target reward margin, >= 0.
+        dpop_lambda: DPO-Positive's penalty, >= 0.
+        rpo_alpha: RPO's weight of the preferred mask's per-voxel negative log-likelihood, >= 0.
+
+    Raises:
+        ValueError: An unknown ``loss_type`` (the message lists the allowed ones) or a value out of its range.
+    """
+
+    loss_type: str = "cdpo"
+    beta: float = DEFAULT_BETA
+    label_smoothing: float = 0.1
+    target_margin: float = 1.0
+    simpo_gamma: float = 0.5
+    dpop_lambda: float = 10.0
+    rpo_alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"Unknown loss_type {self.loss_type!r}; allowed values: {list(LOSS_TYPES)}.")
+        checks = {
+            "beta": (self.beta > 0, "> 0"),
+            "label_smoothing": (0 < self.label_smoothing < 0.5, "in (0, 0.5)"),
+            "target_margin": (self.target_margin > 0, "> 0"),
+            "simpo_gamma": (self.simpo_gamma >= 0, ">= 0"),
+            "dpop_lambda": (self.dpop_lambda >= 0, ">= 0"),
+            "rpo_alpha": (self.rpo_alpha >= 0, ">= 0"),
+        }
+        for name, (ok, allowed) in checks.items():
+            if not ok:  # NaN fails every comparison, so it lands here too
+                raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)}.")
+
+    @property
+    def reference_free(self) -> bool:
+        """Whether the loss needs no reference log-likelihoods (the round skips its reference pass)."""
+        return self.loss_type in REFERENCE_FREE_LOSS_TYPES
+
+    @property
+    def optimum_margin(self) -> float:
+        """h*, the margin in nats per disagreement voxel beyond which the loss no longer pulls (inf: none)."""
+        return {
+            "cdpo": math.log((1 - self.label_smoothing) / self.label_smoothing) / self.beta,
+            "ipo": 1 / (2 * self.beta),
+            "hinge": 1 / self.beta,
+            "target_margin": self.target_margin,
+        }.get(self.loss_type, math.inf)
+
+    @property
+    def start_slope(self) -> float:
+        """|dL/dh| at h = 0, where every round starts (policy = reference): what the gradient-sized term divides
+        by, so that its gradient at a round's start does not depend on beta or the loss type. SimPO has no
+        reference, so it takes DPO's beta / 2; RPO its DPO part's."""
+        beta = self.beta
+        return {
+            "cdpo": beta * (1 - 2 * self.label_smoothing) / 2,
+            "ipo": 1 / beta,
+            "hinge": beta,
+            "target_margin": 2 / self.target_margin,
+        }.get(self.loss_type, beta / 2)
 
 
 def mask_log_likelihoods(
@@ -86,145 +172,121 @@ def disagreement_counts(chosen: torch.Tensor, rejected: torch.Tensor, valid: tor
     return disagree.flatten(1).sum(1).float()
 
 
+# Each formula maps (h+, h-, l_policy(y+) / |D|, config) to the per-pair losses; h+ and h- are the per-voxel
+# log-ratios (for SimPO, with l_ref = 0, the per-voxel log-likelihoods).
+Formula = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, PreferenceLossConfig], torch.Tensor]
+
+
+def _sigmoid(chosen: torch.Tensor, rejected: torch.Tensor, _: torch.Tensor, c: PreferenceLossConfig) -> torch.Tensor:
+    return -F.logsigmoid(c.beta * (chosen - rejected))
+
+
+def _cdpo(chosen: torch.Tensor, rejected: torch.Tensor, _: torch.Tensor, c: PreferenceLossConfig) -> torch.Tensor:
+    logits = c.beta * (chosen - rejected)
+    return -(1 - c.label_smoothing) * F.logsigmoid(logits) - c.label_smoothing * F.logsigmoid(-logits)
+
+
+def _ipo(chosen: torch.Tensor, rejected: torch.Tensor, _: torch.Tensor, c: PreferenceLossConfig) -> torch.Tensor:
+    return (chosen - rejected - 1 / (2 * c.beta)) ** 2
+
+
+def _hinge(chosen: torch.Tensor, rejected: torch.Tensor, _: torch.Tensor, c: PreferenceLossConfig) -> torch.Tensor:
+    return torch.relu(1 - c.beta * (chosen - rejected))
+
+
+def _target_margin(chosen: torch.Tensor, rejected: torch.Tensor, _: torch.Tensor,
+                   c: PreferenceLossConfig) -> torch.Tensor:
+    return (torch.relu(c.target_margin - (chosen - rejected)) / c.target_margin) ** 2
+
+
+def _simpo(chosen: torch.Tensor, rejected: torch.Tensor, _: torch.Tensor, c: PreferenceLossConfig) -> torch.Tensor:
+    return -F.logsigmoid(c.beta * (chosen - rejected) - c.simpo_gamma)
+
+
+def _dpop(chosen: torch.Tensor, rejected: torch.Tensor, _: torch.Tensor, c: PreferenceLossConfig) -> torch.Tensor:
+    return -F.logsigmoid(c.beta * (chosen - rejected) - c.dpop_lambda * torch.relu(-c.beta * chosen))
+
+
+def _rpo(chosen: torch.Tensor, rejected: torch.Tensor, chosen_policy: torch.Tensor,
+         c: PreferenceLossConfig) -> torch.Tensor:
+    return -F.logsigmoid(c.beta * (chosen - rejected)) - c.rpo_alpha * chosen_policy
+
+
+FORMULAS: dict[str, Formula] = {"sigmoid": _sigmoid, "cdpo": _cdpo, "ipo": _ipo, "hinge": _hinge,
+                                "target_margin": _target_margin, "simpo": _simpo, "dpop": _dpop, "rpo": _rpo}
+
+
+def preference_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    reference_chosen_logps: torch.Tensor,
+    reference_rejected_logps: torch.Tensor,
+    num_disagree: torch.Tensor,
+    config: PreferenceLossConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Preference loss per pair, with the implicit rewards (TRL's ``dpo_loss`` layout).
+
+    Args:
+        policy_chosen_logps: ``(N,)`` l_policy(y+) over D (from :func:`mask_log_likelihoods`).
+        policy_rejected_logps: ``(N,)`` l_policy(y-).
+        reference_chosen_logps: ``(N,)`` l_ref(y+) (ignored by reference-free losses).
+        reference_rejected_logps: ``(N,)`` l_ref(y-).
+        num_disagree: ``(N,)`` |D| (clamped to at least 1).
+        config: The loss and its settings.
+
+    Returns:
+        ``(losses, chosen_rewards, rejected_rewards)``, each ``(N,)``: the losses of the module docstring's table,
+        and r+ = beta h+, r- = beta h- (detached).
+    """
+    per_voxel = 1.0 / num_disagree.clamp(min=1).to(policy_chosen_logps.dtype)
+    chosen_policy = policy_chosen_logps * per_voxel
+    if config.reference_free:
+        chosen, rejected = chosen_policy, policy_rejected_logps * per_voxel
+    else:
+        chosen = (policy_chosen_logps - reference_chosen_logps) * per_voxel
+        rejected = (policy_rejected_logps - reference_rejected_logps) * per_voxel
+    losses = FORMULAS[config.loss_type](chosen, rejected, chosen_policy, config)
+    return losses, (config.beta * chosen).detach(), (config.beta * rejected).detach()
+
+
 def dpo_loss(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
     reference_chosen_logps: torch.Tensor,
     reference_rejected_logps: torch.Tensor,
     num_disagree: torch.Tensor,
-    beta: float,
+    beta: float = DEFAULT_BETA,
     loss_type: str = "sigmoid",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Preference loss per pair, with the implicit rewards (TRL's ``dpo_loss`` layout).
-
-    Args:
-        policy_chosen_logps: ``(N,)`` log-likelihood of y+ under the policy (from :func:`mask_log_likelihoods`).
-        policy_rejected_logps: ``(N,)`` log-likelihood of y- under the policy.
-        reference_chosen_logps: ``(N,)`` log-likelihood of y+ under the frozen reference.
-        reference_rejected_logps: ``(N,)`` log-likelihood of y- under the frozen reference.
-        num_disagree: ``(N,)`` number of disagreement voxels |D| (clamped to at least 1).
-        beta: Temperature, > 0.
-        loss_type: ``'sigmoid'`` (DPO), ``'ipo'`` (squared distance of the normalized log-ratio margin to
-            1 / (2 beta)) or ``'hinge'`` (``relu(1 - margin)``).
-
-    Returns:
-        ``(losses, chosen_rewards, rejected_rewards)``, each ``(N,)``; the rewards are detached.
+    """:func:`preference_loss` of ``loss_type`` at ``beta`` with the other settings at their defaults.
 
     Raises:
-        ValueError: ``beta <= 0`` or an unknown ``loss_type``.
+        ValueError: As :class:`PreferenceLossConfig`.
     """
-    if not beta > 0:  # NaN fails too
-        raise ValueError(f"beta must be > 0, got {beta}.")
-    if loss_type not in DPO_LOSS_TYPES:
-        raise ValueError(f"Unknown loss_type {loss_type!r}; allowed values: {list(DPO_LOSS_TYPES)} (SimPO and "
-                         f"DPO-Positive: simpo_loss, dpop_loss).")
-    scale = 1.0 / num_disagree.clamp(min=1).to(policy_chosen_logps.dtype)
-    chosen_log_ratio = (policy_chosen_logps - reference_chosen_logps) * scale
-    rejected_log_ratio = (policy_rejected_logps - reference_rejected_logps) * scale
-    margin = chosen_log_ratio - rejected_log_ratio
-    if loss_type == "sigmoid":
-        losses = -F.logsigmoid(beta * margin)
-    elif loss_type == "hinge":
-        losses = torch.relu(1.0 - beta * margin)
-    else:  # ipo
-        losses = (margin - 1.0 / (2.0 * beta)) ** 2
-    return losses, (beta * chosen_log_ratio).detach(), (beta * rejected_log_ratio).detach()
+    return preference_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
+                           reference_rejected_logps, num_disagree, PreferenceLossConfig(loss_type, beta))
 
 
-def simpo_loss(
-    policy_chosen_logps: torch.Tensor,
-    policy_rejected_logps: torch.Tensor,
-    num_disagree: torch.Tensor,
-    beta: float,
-    gamma: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reference-free preference loss per pair: the |D|-averaged log-likelihood margin against a target margin.
+class PreferenceLoss(nn.Module):
+    """The preference loss of a :class:`PreferenceLossConfig` on logits and masks.
 
     Args:
-        policy_chosen_logps: ``(N,)`` log-likelihood of y+ under the policy over D.
-        policy_rejected_logps: ``(N,)`` the same for y-.
-        num_disagree: ``(N,)`` |D| (clamped to at least 1).
-        beta: Scale of the rewards, > 0.
-        gamma: Target reward margin, >= 0.
-
-    Returns:
-        ``(losses, chosen_rewards, rejected_rewards)``: ``-log sigmoid(r+ - r- - gamma)`` with
-        ``r = beta / |D| * l_policy``; the rewards are detached.
-
-    Raises:
-        ValueError: ``beta <= 0`` or ``gamma < 0``.
-    """
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta}.")
-    if not gamma >= 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}.")
-    scale = beta / num_disagree.clamp(min=1).to(policy_chosen_logps.dtype)
-    chosen_rewards, rejected_rewards = policy_chosen_logps * scale, policy_rejected_logps * scale
-    losses = -F.logsigmoid(chosen_rewards - rejected_rewards - gamma)
-    return losses, chosen_rewards.detach(), rejected_rewards.detach()
-
-
-def dpop_loss(
-    policy_chosen_logps: torch.Tensor,
-    policy_rejected_logps: torch.Tensor,
-    reference_chosen_logps: torch.Tensor,
-    reference_rejected_logps: torch.Tensor,
-    num_disagree: torch.Tensor,
-    beta: float,
-    penalty: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """DPO-Positive per pair: DPO with a penalty once y+ becomes less likely than under the reference.
-
-    Args:
-        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
-            num_disagree: As for :func:`dpo_loss`.
-        beta: Temperature, > 0.
-        penalty: lambda, >= 0 (0 gives DPO).
-
-    Returns:
-        ``(losses, chosen_rewards, rejected_rewards)``: ``-log sigmoid(r+ - r- - lambda * max(0, -r+))`` with DPO's
-        rewards r; the rewards are detached.
-
-    Raises:
-        ValueError: ``beta <= 0`` or ``penalty < 0``.
-    """
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta}.")
-    if not penalty >= 0:
-        raise ValueError(f"penalty must be >= 0, got {penalty}.")
-    scale = beta / num_disagree.clamp(min=1).to(policy_chosen_logps.dtype)
-    chosen_rewards = (policy_chosen_logps - reference_chosen_logps) * scale  # r+ (with its gradient)
-    rejected_rewards = (policy_rejected_logps - reference_rejected_logps) * scale
-    losses = -F.logsigmoid(chosen_rewards - rejected_rewards - penalty * torch.relu(-chosen_rewards))
-    return losses, chosen_rewards.detach(), rejected_rewards.detach()
-
-
-class DPOLoss(nn.Module):
-    """:func:`dpo_loss` with its arguments checked once, at construction.
-
-    Args:
-        beta: Temperature, > 0.
-        loss_type: One of ``'sigmoid'``, ``'ipo'``, ``'hinge'`` (:func:`dpo_loss`), ``'simpo'``
-            (:func:`simpo_loss`, reference-free) or ``'dpop'`` (:func:`dpop_loss`).
+        config: The loss and its settings (already validated).
         regions: Whether logits are sigmoid regions (Bernoulli likelihood) rather than softmax classes.
-        simpo_gamma: SimPO's target margin, >= 0.
-        dpop_penalty: DPO-Positive's lambda, >= 0.
-
-    Raises:
-        ValueError: ``beta <= 0``, an unknown ``loss_type``, or a negative gamma or lambda.
     """
 
-    def __init__(self, beta: float = 1.0, loss_type: str = "sigmoid", regions: bool = False,
-                 simpo_gamma: float = 0.0, dpop_penalty: float = 0.0) -> None:
+    def __init__(self, config: PreferenceLossConfig | None = None, regions: bool = False) -> None:
         super().__init__()
-        if not beta > 0:
-            raise ValueError(f"beta must be > 0, got {beta}.")
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"Unknown loss_type {loss_type!r}; allowed values: {list(LOSS_TYPES)}.")
-        if not (simpo_gamma >= 0 and dpop_penalty >= 0):
-            raise ValueError(f"simpo_gamma and dpop_penalty must be >= 0, got {simpo_gamma} and {dpop_penalty}.")
-        self.beta, self.loss_type, self.regions = float(beta), loss_type, regions
-        self.simpo_gamma, self.dpop_penalty = float(simpo_gamma), float(dpop_penalty)
+        self.config = config or PreferenceLossConfig()
+        self.regions = regions
+
+    @property
+    def loss_type(self) -> str:
+        return self.config.loss_type
+
+    @property
+    def beta(self) -> float:
+        return self.config.beta
 
     def forward(
         self,
@@ -234,26 +296,16 @@ class DPOLoss(nn.Module):
         reference_chosen_logps: torch.Tensor,
         reference_rejected_logps: torch.Tensor,
         valid: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns ``(losses, chosen_rewards, rejected_rewards)`` for a batch of pairs (see :func:`dpo_loss`).
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns ``(losses, chosen_rewards, rejected_rewards, num_disagree)`` for a batch of pairs.
 
         The term is computed in float32 even inside an autocast region (nnU-Net trains with float16/bfloat16 autocast
         on GPUs): the log-likelihoods are sums over many voxels, and their differences are small.
         """
         with torch.autocast(logits.device.type, enabled=False):
-            return self._float32_forward(logits.float(), chosen, rejected, reference_chosen_logps.float(),
-                                         reference_rejected_logps.float(), valid)
-
-    def _float32_forward(self, logits: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor,
-                         reference_chosen_logps: torch.Tensor, reference_rejected_logps: torch.Tensor,
-                         valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        chosen_logps, rejected_logps, num_disagree = mask_log_likelihoods(
-            logits, chosen, rejected, valid, self.regions
-        )
-        if self.loss_type == "simpo":
-            return simpo_loss(chosen_logps, rejected_logps, num_disagree, self.beta, self.simpo_gamma)
-        if self.loss_type == "dpop":
-            return dpop_loss(chosen_logps, rejected_logps, reference_chosen_logps, reference_rejected_logps,
-                             num_disagree, self.beta, self.dpop_penalty)
-        return dpo_loss(chosen_logps, rejected_logps, reference_chosen_logps, reference_rejected_logps,
-                        num_disagree, self.beta, self.loss_type)
+            chosen_logps, rejected_logps, num_disagree = mask_log_likelihoods(
+                logits.float(), chosen, rejected, valid, self.regions)
+            losses, chosen_rewards, rejected_rewards = preference_loss(
+                chosen_logps, rejected_logps, reference_chosen_logps.float(), reference_rejected_logps.float(),
+                num_disagree, self.config)
+        return losses, chosen_rewards, rejected_rewards, num_disagree

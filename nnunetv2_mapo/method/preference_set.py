@@ -112,6 +112,12 @@ class PreferenceSet:
             index = torch.randperm(len(self), generator=generator)[:count]
         else:
             index = torch.randint(len(self), (count,), generator=generator)
+        return self.take(index, generator)
+
+    def take(self, index: torch.Tensor, generator: torch.Generator) -> PreferenceBatch:
+        """The pairs at ``index`` as a batch; with mirrored views each in a view drawn uniformly from ``generator``,
+        its reference log-likelihoods those of that view."""
+        count = len(index)
         images, chosen, rejected = self.images[index].float(), self.chosen[index], self.rejected[index]
         valid = None if self.valid is None else self.valid[index]
         reference_chosen, reference_rejected = self.reference_chosen_logps[index], self.reference_rejected_logps[index]

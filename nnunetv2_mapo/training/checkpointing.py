@@ -155,7 +155,7 @@ def load_state(checkpoint: str, epoch: int) -> dict | None:
 
 
 def trainer_state(pair_generator_state: torch.Tensor, round_index: int = 0, preference_set: dict | None = None,
-                  pair_steps: int = 0, settings: dict | None = None) -> dict:
+                  pair_steps: int = 0, settings: dict | None = None, pair_uses: dict | None = None) -> dict:
     """The layout of MAPO's state (what ``nnUNetTrainerMAPO.mapo_state_dict`` saves), in one place.
 
     Args:
@@ -165,9 +165,10 @@ def trainer_state(pair_generator_state: torch.Tensor, round_index: int = 0, pref
             round.
         pair_steps: Training steps taken with a preference set (they schedule the pairs per step).
         settings: The MAPO settings in effect (compared when a training is resumed).
+        pair_uses: :meth:`~nnunetv2_mapo.method.schedule.PairReuse.state_dict` of the set in use, or None.
     """
     return {"round_index": int(round_index), "preference_set": preference_set, "pair_generator": pair_generator_state,
-            "pair_steps": int(pair_steps), "settings": dict(settings or {})}
+            "pair_steps": int(pair_steps), "settings": dict(settings or {}), "pair_uses": pair_uses}
 
 
 def initial_trainer_state(seed: int) -> dict:

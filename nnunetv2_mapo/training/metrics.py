@@ -2,8 +2,8 @@
 
 Each metric is one key of nnU-Net's logger (one value per epoch, NaN when it does not apply). The reward names
 follow TRL's DPO trainer (``rewards/chosen``, ``rewards/rejected``, ``rewards/accuracies``, ``rewards/margins``).
-Notation (``docs/method.md``): r+ = beta / |D| (l_theta(y+) - l_ref(y+)), r- likewise, D the voxels where y+ and y-
-differ.
+Notation (``docs/method.md``): h+ = (l_theta(y+) - l_ref(y+)) / |D| in nats per disagreement voxel, r+ = beta h+,
+r- and h- likewise, D the voxels where y+ and y- differ.
 """
 
 from __future__ import annotations
@@ -50,7 +50,12 @@ class Metric:
 
 METRICS: tuple[Metric, ...] = (
     Metric("mapo_dpo_loss", "step", "mean", "preference loss",
-           "preference loss, mean over pairs (DPO: -log sigmoid(r+ - r-))", "loss"),
+           "preference loss L_p, mean over pairs (DPO: -log sigmoid(r+ - r-), ln 2 at a round's start)", "loss"),
+    Metric("mapo_term", "step", "mean", "",
+           "what the step adds to Dice+CE, before mapo_weight: the mean of the pairs' losses, each sized by "
+           "P |D_p| / (B |Omega|) / s with mapo_term_scale 'voxel_gradient'"),
+    Metric("mapo_margin_nats", "step", "mean", "margin per voxel",
+           "mean of h = h+ - h- over pairs: the log-ratio margin in nats per disagreement voxel (r+ - r- = beta h)"),
     Metric("mapo_rewards_chosen", "step", "mean", "implicit rewards", "mean of r+ over pairs", "rewards/chosen"),
     Metric("mapo_rewards_rejected", "step", "mean", "implicit rewards", "mean of r- over pairs", "rewards/rejected"),
     Metric("mapo_reward_margin", "step", "mean", "implicit rewards", "mean of r+ - r- over pairs", "rewards/margins"),

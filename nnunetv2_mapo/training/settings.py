@@ -14,9 +14,19 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nnunetv2_mapo.method import DROPOUT_MODES, LOSS_TYPES, OBJECTIVE_SETS, PAIRINGS, PREDICTION_PAIRINGS
+from nnunetv2_mapo.method import (
+    DROPOUT_MODES,
+    LOSS_TYPES,
+    OBJECTIVE_SETS,
+    PAIRINGS,
+    PREDICTION_PAIRINGS,
+    TERM_SCALES,
+)
+
+if TYPE_CHECKING:
+    from nnunetv2_mapo.method.preference_loss import PreferenceLossConfig
 
 ENV_VAR = "nnUNet_mapo_config"
 
@@ -58,7 +68,8 @@ MAPO_SETTINGS: tuple[Setting, ...] = (
     Setting("mapo_start_dice", "float", "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0, 0.0,
             "the first round also waits until nnU-Net's EMA pseudo Dice reaches this (0: right after the warm-up)"),
     Setting("mapo_regen_every", "int", "an integer >= 1", lambda v: v >= 1, 50,
-            "epochs between preference rounds (set regenerated, reference refreshed)"),
+            "epochs between preference rounds at most (set regenerated, reference refreshed); sooner when "
+            "mapo_max_pair_uses has spent the set"),
     Setting("mapo_num_hypotheses", "int", "an integer >= 2", lambda v: v >= 2, 8,
             "K, the number of dropout predictions per item"),
     Setting("mapo_dropout_rates", "rates", "a non-empty list of numbers in [0, 1)", _rates_ok,
@@ -73,15 +84,30 @@ MAPO_SETTINGS: tuple[Setting, ...] = (
             "('ground_truth_over_prediction') the network's prediction without dropout"),
     Setting("mapo_objectives", "str", f"one of {list(OBJECTIVE_SETS)}", lambda v: v in OBJECTIVE_SETS, "dice",
             "what rounds rank hypotheses by: Dice, or Dice and boundary (one pair each, adaptive weights)"),
-    Setting("mapo_beta", "float", "a number > 0", lambda v: v > 0, 0.1, "DPO temperature beta"),
-    Setting("mapo_weight", "float", "a number >= 0", lambda v: v >= 0, 0.5,
-            "lambda: weight of the DPO term added to Dice+CE"),
-    Setting("mapo_loss_type", "str", f"one of {list(LOSS_TYPES)}", lambda v: v in LOSS_TYPES, "sigmoid",
-            "preference loss: DPO ('sigmoid'), IPO, hinge, SimPO (reference-free) or DPO-Positive ('dpop')"),
+    Setting("mapo_beta", "float", "a number > 0", lambda v: v > 0, 1.0,
+            "temperature beta: the rewards are beta x the log-ratio in nats per disagreement voxel"),
+    Setting("mapo_weight", "float", "a number >= 0", lambda v: v >= 0, 1.0,
+            "lambda: weight of the preference term; with mapo_term_scale 'voxel_gradient', the multiple of "
+            "cross-entropy's largest per-voxel gradient that a disagreement voxel gets at a round's start"),
+    Setting("mapo_term_scale", "str", f"one of {list(TERM_SCALES)}", lambda v: v in TERM_SCALES, "voxel_gradient",
+            "how the term is sized beside Dice+CE: by its gradient per voxel ('voxel_gradient') or as the mean of "
+            "the pairs' losses ('pair_mean', 0.8 and earlier)"),
+    Setting("mapo_loss_type", "str", f"one of {list(LOSS_TYPES)}", lambda v: v in LOSS_TYPES, "cdpo",
+            "preference loss: DPO ('sigmoid'), conservative DPO ('cdpo'), IPO, hinge, 'target_margin', SimPO "
+            "(reference-free), DPO-Positive ('dpop') or RPO"),
+    Setting("mapo_label_smoothing", "float", "a number in (0, 0.5)", lambda v: 0 < v < 0.5, 0.1,
+            "cDPO's epsilon ('cdpo'): the loss stops pulling at a margin of ln((1 - eps) / eps) / beta nats per voxel"),
+    Setting("mapo_target_margin", "float", "a number > 0", lambda v: v > 0, 1.0,
+            "the margin in nats per disagreement voxel at which 'target_margin' stops pulling"),
     Setting("mapo_simpo_gamma", "float", "a number >= 0", lambda v: v >= 0, 0.5,
             "SimPO's target reward margin gamma (mapo_loss_type 'simpo')"),
     Setting("mapo_dpop_lambda", "float", "a number >= 0", lambda v: v >= 0, 10.0,
             "DPO-Positive's penalty lambda on a preferred mask less likely than under the reference ('dpop')"),
+    Setting("mapo_rpo_alpha", "float", "a number >= 0", lambda v: v >= 0, 1.0,
+            "RPO's weight of the preferred mask's negative log-likelihood per disagreement voxel ('rpo')"),
+    Setting("mapo_max_pair_uses", "optional_int", "an integer >= 1, or null (no bound)",
+            lambda v: v is None or v >= 1, 4,
+            "training steps that may draw each pair; a spent set is regenerated at the next epoch's start"),
     Setting("mapo_pairs_per_step", "optional_float", "a number > 0, or null (batch size / 8)",
             lambda v: v is None or v > 0, None,
             "preference pairs added per training step, on average (0.5: one pair every other step)"),
@@ -266,3 +292,13 @@ def markdown_table() -> str:
                                                                  else s.default)
         rows.append(f"| `{s.name}` | {default} | {s.allowed} | {s.help} |")
     return "\n".join(rows)
+
+
+def preference_loss_config(values: Mapping[str, Any]) -> PreferenceLossConfig:
+    """The preference loss that the settings ``values`` (resolved, :data:`ALL_SETTINGS` keys) describe."""
+    from nnunetv2_mapo.method.preference_loss import PreferenceLossConfig  # torch: not for the command's parsers
+
+    return PreferenceLossConfig(
+        loss_type=values["mapo_loss_type"], beta=values["mapo_beta"], label_smoothing=values["mapo_label_smoothing"],
+        target_margin=values["mapo_target_margin"], simpo_gamma=values["mapo_simpo_gamma"],
+        dpop_lambda=values["mapo_dpop_lambda"], rpo_alpha=values["mapo_rpo_alpha"])

@@ -26,9 +26,9 @@ from torch import nn
 from nnunetv2_mapo import __version__
 from nnunetv2_mapo.method.dropout import find_injector, inject_dropout, unwrap
 from nnunetv2_mapo.method.objectives import objectives_of
-from nnunetv2_mapo.method.preference_loss import DPOLoss
+from nnunetv2_mapo.method.preference_loss import PreferenceLoss
 from nnunetv2_mapo.method.preference_set import PreferenceBatch, PreferenceSet
-from nnunetv2_mapo.method.schedule import pairs_for_step
+from nnunetv2_mapo.method.schedule import PairReuse, pairs_for_step
 from nnunetv2_mapo.method.train_eval import eval_mode_forward, mode_dependent_modules
 from nnunetv2_mapo.training.checkpointing import (
     MAPOStateError,
@@ -47,7 +47,13 @@ from nnunetv2_mapo.training.loss import MAPOLoss, append_pair_rows, collate_step
 from nnunetv2_mapo.training.metrics import LOG_KEYS, reduce_step_stats
 from nnunetv2_mapo.training.preference_round import run_preference_round
 from nnunetv2_mapo.training.progress import plot_mapo_progress
-from nnunetv2_mapo.training.settings import ALL_SETTINGS, ENV_VAR, config_from_environment, resolve_and_check
+from nnunetv2_mapo.training.settings import (
+    ALL_SETTINGS,
+    ENV_VAR,
+    config_from_environment,
+    preference_loss_config,
+    resolve_and_check,
+)
 
 __all__ = ["MAPOSettingsChanged", "MAPOUnsupportedError", "nnUNetTrainerMAPO"]
 
@@ -79,18 +85,23 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         ### Some hyperparameters for you to fiddle with (ranges: nnunetv2_mapo settings; why: docs/settings.md)
         self.mapo_warmup_epochs: int | None = None  # plain Dice+CE epochs before the first round; None: 10%
         self.mapo_start_dice = 0.0  # the first round also waits for nnU-Net's EMA pseudo Dice to reach this
-        self.mapo_regen_every = 50  # epochs between preference rounds (the paper's Figure 2)
+        self.mapo_regen_every = 50  # epochs between preference rounds at most (the paper's Figure 2)
         self.mapo_num_hypotheses = 8  # K dropout predictions per training case and round
         self.mapo_dropout_rates = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)  # spread over the K hypotheses
         self.mapo_dropout_mode = "element"  # or "channel" (whole feature maps)
         self.mapo_pair_margin = 0.05  # tau: y- scores at least this much Dice below y+
         self.mapo_pairing = "dropout"  # y+ the best hypothesis (the paper); or "ground_truth[_over_prediction]"
         self.mapo_objectives = "dice"  # what pairs are ranked by; or "dice+boundary" (one pair per objective)
-        self.mapo_beta = 0.1  # DPO temperature
-        self.mapo_weight = 0.5  # lambda: weight of the preference term beside Dice+CE
-        self.mapo_loss_type = "sigmoid"  # DPO; or "ipo", "hinge", "simpo", "dpop"
+        self.mapo_beta = 1.0  # rewards = beta x log-ratio in nats per disagreement voxel
+        self.mapo_weight = 1.0  # lambda: at a round's start a disagreement voxel gets lambda x CE's largest gradient
+        self.mapo_term_scale = "voxel_gradient"  # the term sized by its gradient per voxel against cross-entropy's
+        self.mapo_loss_type = "cdpo"  # conservative DPO: stops at a finite margin; or "sigmoid" (DPO), "ipo", ...
+        self.mapo_label_smoothing = 0.1  # cDPO's epsilon: stops at ln((1 - eps) / eps) / beta = 2.2 nats per voxel
+        self.mapo_target_margin = 1.0  # nats per voxel where "target_margin" stops
         self.mapo_simpo_gamma = 0.5  # SimPO's target margin (loss type "simpo")
         self.mapo_dpop_lambda = 10.0  # DPO-Positive's penalty (loss type "dpop")
+        self.mapo_rpo_alpha = 1.0  # RPO's weight of y+'s negative log-likelihood per voxel (loss type "rpo")
+        self.mapo_max_pair_uses: int | None = 4  # steps that may draw each pair; a spent set is regenerated
         self.mapo_pairs_per_step: float | None = None  # pair rows added per step on average; None: batch size / 8
         self.mapo_cases_per_round: int | None = 100  # training cases per round; None: all
         self.mapo_patches_per_case = 1  # patches per case and round (2d: other slices); more pairs, each reused less
@@ -108,6 +119,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self.mapo_warned_no_mirroring = False
         self._mapo_pair_generator = torch.Generator()
         self._mapo_pair_steps = 0  # training steps taken with a preference set (they schedule the pair counts)
+        self._mapo_pair_reuse = PairReuse(0, None)  # draws per pair of the set in use (mapo_max_pair_uses)
         self._mapo_epoch_round: dict[str, float] = {}  # the metrics of the round run at this epoch's start
         self._mapo_set_reference: dict | None = None  # the file the set in use was written to
         self.mapo_step_stats: list[dict] = []  # MAPOLoss.last_stats of this epoch's steps
@@ -162,11 +174,11 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         return {name: list(v) if isinstance(v := getattr(self, name), tuple) else v for name in ALL_SETTINGS}
 
     def _build_loss(self):
-        preference = DPOLoss(self.mapo_beta, self.mapo_loss_type, regions=self.label_manager.has_regions,
-                             simpo_gamma=self.mapo_simpo_gamma, dpop_penalty=self.mapo_dpop_lambda)
+        preference = PreferenceLoss(preference_loss_config(self._current_settings()),
+                                    regions=self.label_manager.has_regions)
         # With a gradient scaler (CUDA) non-finite steps are skipped by nnU-Net: no host check needed per step.
         return MAPOLoss(super()._build_loss(), preference, self.mapo_weight, check_finite=self.grad_scaler is None,
-                        num_objectives=len(objectives_of(self.mapo_objectives)))
+                        num_objectives=len(objectives_of(self.mapo_objectives)), scale=self.mapo_term_scale)
 
     def _register_log_keys(self) -> None:
         # nnU-Net's local logger only takes registered keys, one value per epoch; pad after loading old logs.
@@ -191,10 +203,12 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self.print_to_log_file(
             f"MAPO: warm-up {self.mapo_warmup_epochs} epochs"
             f"{f' and an EMA pseudo Dice of {self.mapo_start_dice}' if self.mapo_start_dice > 0 else ''}, "
-            f"then a preference round every {self.mapo_regen_every} "
+            f"then a preference round when the set is spent or after {self.mapo_regen_every} "
             f"epochs ({min(len(self.mapo_train_keys), self.mapo_cases_per_round or 10**9)} cases x "
             f"{self.mapo_num_hypotheses} hypotheses), {self.mapo_pairs_per_step:g} pairs per step on average, "
-            f"weight {self.mapo_weight}, beta {self.mapo_beta}.")
+            f"each drawn by at most {self.mapo_max_pair_uses or 'any number of'} steps; loss {self.mapo_loss_type} "
+            f"(beta {self.mapo_beta}, stops at {self.loss.preference_loss.config.optimum_margin:.3g} nats per voxel), "
+            f"weight {self.mapo_weight}, sized by {self.mapo_term_scale}.")
 
     def do_split(self):
         train_keys, val_keys = super().do_split()
@@ -204,12 +218,13 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
     # --------------------------------------------------------------------------------------- preference rounds
     def mapo_round_due(self, epoch: int) -> bool:
         """Whether a preference round runs at the start of ``epoch``: the first after the warm-up, once the network
-        segments well enough (``mapo_start_dice``), then every ``mapo_regen_every`` epochs after the last one."""
+        segments well enough (``mapo_start_dice``), then once the set in use is spent (``mapo_max_pair_uses``) or
+        ``mapo_regen_every`` epochs after the last round, whichever comes first."""
         if epoch < self.mapo_warmup_epochs:
             return False
         if self.mapo_preference_set is None:
             return self.mapo_network_ready()
-        return epoch - self.mapo_preference_set.epoch >= self.mapo_regen_every
+        return self._mapo_pair_reuse.spent or epoch - self.mapo_preference_set.epoch >= self.mapo_regen_every
 
     def mapo_network_ready(self) -> bool:
         """nnU-Net's EMA pseudo Dice of the last epoch has reached ``mapo_start_dice`` (always, when that is 0).
@@ -227,13 +242,15 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self.mapo_step_stats = []
         if self.mapo_round_due(self.current_epoch):
             self.run_preference_round()
-        elif self.mapo_preference_set is None and self.current_epoch >= self.mapo_warmup_epochs:
+        elif (self.mapo_preference_set is None and self.current_epoch >= self.mapo_warmup_epochs
+              and not self.mapo_network_ready()):
             self.print_to_log_file(f"MAPO: no round yet, the EMA pseudo Dice {self._mapo_ema_dice():.4f} is "
                                    f"below mapo_start_dice {self.mapo_start_dice}.")
 
     def run_preference_round(self) -> PreferenceSet:
         """Regenerates the preference set from the training cases with the current network as reference."""
         self.mapo_preference_set, self._mapo_epoch_round = run_preference_round(self)
+        self._mapo_pair_reuse = PairReuse(len(self.mapo_preference_set), self.mapo_max_pair_uses)
         self._mapo_set_reference = None
         if self.local_rank == 0 and not self.disable_checkpointing:  # once per round; checkpoints name the file
             self._mapo_set_reference = write_preference_set(self.output_folder, self.mapo_round_index,
@@ -247,9 +264,10 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
             return None
         count = pairs_for_step(self.mapo_pairs_per_step, self._mapo_pair_steps)
         self._mapo_pair_steps += 1
-        if count == 0:
+        index = self._mapo_pair_reuse.draw(count, self._mapo_pair_generator)
+        if len(index) == 0:  # no pair this step, or the set is spent
             return None
-        return self.mapo_preference_set.sample(count, self._mapo_pair_generator)
+        return self.mapo_preference_set.take(index, self._mapo_pair_generator)
 
     def train_step(self, batch: dict) -> dict:
         pairs = self._next_pairs()
@@ -302,7 +320,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         if preference_set is None and self.mapo_preference_set is not None:  # not written to a file: inline
             preference_set = self.mapo_preference_set.state_dict()
         return trainer_state(self._mapo_pair_generator.get_state(), self.mapo_round_index, preference_set,
-                             self._mapo_pair_steps, self.mapo_settings())
+                             self._mapo_pair_steps, self.mapo_settings(), self._mapo_pair_reuse.state_dict())
 
     def load_mapo_state_dict(self, state: dict, folder: str | None = None) -> None:
         """Restores :meth:`mapo_state_dict`.
@@ -322,6 +340,10 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
             self._mapo_set_reference = stored if stored is not None and "file" in stored else None
             self._mapo_pair_generator.set_state(state["pair_generator"])
             self._mapo_pair_steps = int(state.get("pair_steps", 0))  # absent in states written by 0.1.x
+            self._mapo_pair_reuse = PairReuse(0 if self.mapo_preference_set is None else len(self.mapo_preference_set),
+                                              self.mapo_max_pair_uses)
+            if state.get("pair_uses") is not None:  # absent in states written by 0.8 and earlier: counts start at 0
+                self._mapo_pair_reuse.load_state_dict(state["pair_uses"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise MAPOStateError(f"MAPO state is incomplete or inconsistent: {err}") from err
         if self.local_rank > 0:

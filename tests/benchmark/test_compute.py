@@ -6,7 +6,8 @@ import pytest
 
 from nnunetv2_mapo.benchmark.compute import equal_compute_iterations, mapo_extra_iterations, mapo_schedule
 
-SETTINGS = {"mapo_warmup_epochs": 2, "mapo_regen_every": 4, "mapo_cases_per_round": 10, "mapo_num_hypotheses": 5}
+SETTINGS = {"mapo_warmup_epochs": 2, "mapo_regen_every": 4, "mapo_cases_per_round": 10, "mapo_num_hypotheses": 5,
+            "mapo_max_pair_uses": None}  # no bound on reuse: a round every 4 epochs
 
 
 def test_extra_passes_of_steps_and_rounds() -> None:
@@ -41,12 +42,23 @@ def test_mirrored_pairs_count_a_reference_pass_per_further_view() -> None:
     assert extra(free, 3) == pytest.approx((160 + 2 * 10 * 5 / 3) / 8)
 
 
+def test_a_bound_on_pair_reuse_brings_the_next_round_forward() -> None:
+    # each of the 10 pairs drawn once: a set lasts 10 of an epoch's 20 steps, so a round at every epoch 2-9
+    once = SETTINGS | {"mapo_max_pair_uses": 1}
+    assert mapo_extra_iterations(10, 0, 20, 8, 30, once) == pytest.approx((8 * 10 + 8 * 10 * 6 / 3) / 8)
+    # 10 uses each outlast the 4 epochs between rounds (100 rows of 80): the schedule without a bound
+    assert mapo_extra_iterations(10, 0, 20, 8, 30, SETTINGS | {"mapo_max_pair_uses": 10}) == pytest.approx(
+        mapo_extra_iterations(10, 0, 20, 8, 30, SETTINGS))
+
+
 def test_defaults_are_the_trainers() -> None:
     resolved = mapo_schedule(100, {}, 16)
     assert resolved["mapo_warmup_epochs"] == 10 and resolved["mapo_pairs_per_step"] == 2.0
     assert resolved["mapo_regen_every"] == 50 and resolved["mapo_num_hypotheses"] == 8
-    # 100 epochs x 250 steps: pairs in epochs 10-99 (90 x 250 x 2 rows), rounds at 10 and 60 (2 x 100 x 9 / 3)
-    assert mapo_extra_iterations(100, 0, 250, 16, 500, {}) == pytest.approx((90 * 250 * 2 + 2 * 100 * 9 / 3) / 16)
+    assert resolved["mapo_max_pair_uses"] == 4
+    # 100 epochs x 250 steps x 2 pairs: 100 cases x 4 uses = 400 rows spend a set within each epoch, so a round at
+    # every epoch 10-99 (90 x 100 x 9 / 3) and 400 pair rows per epoch
+    assert mapo_extra_iterations(100, 0, 250, 16, 500, {}) == pytest.approx((90 * 400 + 90 * 100 * 9 / 3) / 16)
 
 
 def test_no_epoch_to_train_is_refused() -> None:

@@ -18,7 +18,7 @@ from round_helpers import (
 )
 
 from nnunetv2_mapo.method.mirroring import mirror, mirror_rows, mirror_views, mirrored_logits
-from nnunetv2_mapo.method.preference_loss import DPOLoss, mask_log_likelihoods
+from nnunetv2_mapo.method.preference_loss import PreferenceLoss, PreferenceLossConfig, mask_log_likelihoods
 from nnunetv2_mapo.method.preference_set import PreferenceSet
 
 pytestmark = pytest.mark.usefixtures("mapo_single_thread")
@@ -130,13 +130,13 @@ def test_sampled_mirrored_pairs_sit_exactly_at_the_reference():
     network = tiny_unet()
     result = generate(network, label_batches(network, ignore=True), label_manager=LABELS_IGNORE, mirror_axes=(0, 1))
     generator = torch.Generator().manual_seed(0)
-    loss = DPOLoss(0.1, "sigmoid")
+    loss = PreferenceLoss(PreferenceLossConfig("sigmoid", 0.1))
     seen_mirrored = False
     for _ in range(6):
         batch = result.sample(len(result), generator)
         seen_mirrored |= not torch.equal(batch.reference_chosen_logps.sort().values,
                                          result.reference_chosen_logps[:, 0].sort().values)
-        losses, chosen_rewards, rejected_rewards = loss(
+        losses, chosen_rewards, rejected_rewards, _ = loss(
             clean_logits(network, batch.images), batch.chosen, batch.rejected, batch.reference_chosen_logps,
             batch.reference_rejected_logps, batch.valid)
         assert torch.allclose(chosen_rewards, torch.zeros_like(chosen_rewards), atol=1e-4)
@@ -151,7 +151,7 @@ def test_a_mirrored_pair_keeps_the_unmirrored_reference_wrong():
     result = generate(network, label_batches(network), mirror_axes=(0, 1))
     images = mirror(result.images.float(), (0, 1), 2)
     chosen, rejected = mirror(result.chosen, (0, 1), 2), mirror(result.rejected, (0, 1), 2)
-    _, chosen_rewards, _ = DPOLoss(0.1, "sigmoid")(clean_logits(network, images), chosen, rejected,
-                                                   result.reference_chosen_logps[:, 0],
-                                                   result.reference_rejected_logps[:, 0])
+    _, chosen_rewards, _, _ = PreferenceLoss(PreferenceLossConfig("sigmoid", 0.1))(
+        clean_logits(network, images), chosen, rejected, result.reference_chosen_logps[:, 0],
+        result.reference_rejected_logps[:, 0])
     assert chosen_rewards.abs().max() > 1e-3

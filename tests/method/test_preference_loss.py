@@ -9,13 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunetv2_mapo.method import LOSS_TYPES
 from nnunetv2_mapo.method.preference_loss import (
-    DPOLoss,
+    DEFAULT_BETA,
+    PreferenceLoss,
+    PreferenceLossConfig,
     disagreement_counts,
     dpo_loss,
-    dpop_loss,
     mask_log_likelihoods,
-    simpo_loss,
+    preference_loss,
 )
 
 pytestmark = pytest.mark.usefixtures("mapo_single_thread")
@@ -170,6 +172,16 @@ def test_shape_mismatch_raises(chosen_shape, rejected_shape, regions):
                              torch.zeros(rejected_shape, dtype=torch.long), regions=regions)
 
 
+def make_loss(beta: float = DEFAULT_BETA, loss_type: str = "sigmoid", regions: bool = False, **settings):
+    """The module for one loss type, as the trainer builds it."""
+    return PreferenceLoss(PreferenceLossConfig(loss_type, beta, **settings), regions)
+
+
+def config_losses(config: PreferenceLossConfig, pc, pr, rc, rr, n):
+    t = lambda v: torch.as_tensor(v, dtype=torch.float32).reshape(-1)  # noqa: E731
+    return preference_loss(t(pc), t(pr), t(rc), t(rr), t(n), config)
+
+
 # ------------------------------------------------------------------------------------------------ dpo_loss
 def call(pc, pr, rc, rr, n, beta=1.0, loss_type="sigmoid"):
     t = lambda v: torch.as_tensor(v, dtype=torch.float32).reshape(-1)  # noqa: E731
@@ -261,7 +273,7 @@ def test_hinge_formula(beta):
 @pytest.mark.parametrize("beta", [0.0, -1.0, float("nan")])
 def test_invalid_beta_raises(beta):
     with pytest.raises(ValueError, match="beta must be > 0"):
-        DPOLoss(beta=beta)
+        make_loss(beta=beta)
     with pytest.raises(ValueError, match="beta must be > 0"):
         call([-1.0], [-1.0], [-1.0], [-1.0], [1], beta)
 
@@ -269,7 +281,7 @@ def test_invalid_beta_raises(beta):
 @pytest.mark.parametrize("loss_type", ["kto", "", "SIGMOID", None])
 def test_invalid_loss_type_raises(loss_type):
     with pytest.raises(ValueError, match="Unknown loss_type"):
-        DPOLoss(loss_type=loss_type)
+        make_loss(loss_type=loss_type)
     with pytest.raises(ValueError, match="Unknown loss_type"):
         call([-1.0], [-1.0], [-1.0], [-1.0], [1], 1.0, loss_type)
 
@@ -282,9 +294,10 @@ def test_module_combines_log_likelihoods_and_loss():
     rejected = torch.randint(0, 3, (3, 5, 5))
     valid = torch.rand(3, 1, 5, 5) > 0.2
     ref_c, ref_r = torch.tensor([-4.0, -3.0, -6.0]), torch.tensor([-5.0, -2.0, -6.0])
-    module = DPOLoss(beta=0.3, loss_type="sigmoid")
-    losses, chosen_r, rejected_r = module(logits, chosen, rejected, ref_c, ref_r, valid)
+    module = make_loss(beta=0.3, loss_type="sigmoid")
+    losses, chosen_r, rejected_r, count = module(logits, chosen, rejected, ref_c, ref_r, valid)
     lc, lr, n = mask_log_likelihoods(logits, chosen, rejected, valid)
+    assert torch.equal(count, n)
     expected = dpo_loss(lc, lr, ref_c, ref_r, n, 0.3)
     assert torch.allclose(losses, expected[0]) and torch.allclose(chosen_r, expected[1])
     assert torch.allclose(rejected_r, expected[2])
@@ -298,7 +311,7 @@ def test_module_computes_in_float32_for_half_logits():
     chosen = torch.randint(0, 3, (2, 4, 4))
     rejected = (chosen + 1) % 3
     ref = mask_log_likelihoods(logits.half().float(), chosen, rejected)
-    losses, _, _ = DPOLoss()(logits.half(), chosen, rejected, ref[0], ref[1])
+    losses = make_loss()(logits.half(), chosen, rejected, ref[0], ref[1])[0]
     assert losses.dtype == torch.float32
     assert torch.allclose(losses, torch.full_like(losses, LN2), atol=1e-6)
 
@@ -310,7 +323,7 @@ def test_module_stays_in_float32_inside_an_autocast_region():
     rejected = (chosen + 1) % 3
     ref_chosen, ref_rejected, _ = mask_log_likelihoods(logits.detach() - 0.1 * torch.rand_like(logits), chosen,
                                                        rejected)
-    loss = DPOLoss(beta=0.5)
+    loss = make_loss(beta=0.5)
     expected = loss(logits, chosen, rejected, ref_chosen, ref_rejected)[0]
     with torch.autocast("cpu", dtype=torch.bfloat16):  # as nnU-Net's float16/bfloat16 autocast on a GPU
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16  # autocast is on here
@@ -327,18 +340,26 @@ def test_module_regions_flag_selects_the_bernoulli_likelihood():
     chosen = torch.rand(1, 2, 3, 3) > 0.5
     rejected = ~chosen
     zero = torch.zeros(1)
-    regions = DPOLoss(regions=True)(logits, chosen, rejected, zero, zero)
+    regions = make_loss(regions=True)(logits, chosen, rejected, zero, zero)
     lc, lr, n = mask_log_likelihoods(logits, chosen, rejected, regions=True)
     assert torch.allclose(regions[1], lc / n)
     with pytest.raises(ValueError):
-        DPOLoss(regions=False)(logits, chosen, rejected, zero, zero)
+        make_loss(regions=False)(logits, chosen, rejected, zero, zero)
 
 
 def test_module_stores_its_arguments():
-    module = DPOLoss(beta=2, loss_type="hinge", regions=True)
+    module = make_loss(beta=2.0, loss_type="hinge", regions=True)
     assert (module.beta, module.loss_type, module.regions) == (2.0, "hinge", True)
-    assert isinstance(module.beta, float)
     assert list(module.parameters()) == []
+    assert PreferenceLoss().config == PreferenceLossConfig()
+
+
+def test_the_configs_defaults_are_the_trainers() -> None:
+    from nnunetv2_mapo.training.settings import ALL_SETTINGS, preference_loss_config
+
+    defaults = {name: setting.default for name, setting in ALL_SETTINGS.items()}
+    assert preference_loss_config(defaults) == PreferenceLossConfig()
+    assert PreferenceLossConfig().beta == DEFAULT_BETA
 
 
 # ------------------------------------------------------------------------------------------------ DPO learns
@@ -375,6 +396,10 @@ def preference_problem(regions: bool = False):
     ("adam", "simpo", False),
     ("adam", "dpop", False),
     ("adam", "simpo", True),
+    ("adam", "cdpo", False),
+    ("adam", "target_margin", False),
+    ("adam", "rpo", False),
+    ("adam", "cdpo", True),
 ])
 def test_optimizing_dpo_raises_the_preference_margin(optimizer, loss_type, regions):
     x, chosen, rejected = preference_problem(regions)
@@ -382,36 +407,52 @@ def test_optimizing_dpo_raises_the_preference_margin(optimizer, loss_type, regio
     network = TinySegNet(2 if regions else 3)
     with torch.no_grad():
         ref_c, ref_r, _ = mask_log_likelihoods(network(x), chosen, rejected, regions=regions)
-    criterion = DPOLoss(beta=1.0, loss_type=loss_type, regions=regions, simpo_gamma=0.5, dpop_penalty=10.0)
-    initial_loss, _, _ = criterion(network(x), chosen, rejected, ref_c, ref_r)
+    criterion = make_loss(beta=1.0, loss_type=loss_type, regions=regions, simpo_gamma=0.5, dpop_lambda=10.0)
+    initial_loss = criterion(network(x), chosen, rejected, ref_c, ref_r)[0]
     if loss_type in ("sigmoid", "dpop"):  # r+ = r- = 0 at the start: DPO-Positive's penalty is 0 too
         assert torch.allclose(initial_loss, torch.full_like(initial_loss, LN2), atol=1e-6)
     opt = (torch.optim.Adam(network.parameters(), lr=1e-2) if optimizer == "adam"
            else torch.optim.SGD(network.parameters(), lr=0.5, momentum=0.9))
     for _ in range(15):
         opt.zero_grad()
-        losses, _, _ = criterion(network(x), chosen, rejected, ref_c, ref_r)
+        losses = criterion(network(x), chosen, rejected, ref_c, ref_r)[0]
         losses.mean().backward()
         opt.step()
     with torch.no_grad():
         logits = network(x)
         lc, lr, _ = mask_log_likelihoods(logits, chosen, rejected, regions=regions)
-        final_loss, chosen_r, rejected_r = criterion(logits, chosen, rejected, ref_c, ref_r)
+        final_loss, chosen_r, rejected_r, _ = criterion(logits, chosen, rejected, ref_c, ref_r)
     margin_gain = (lc - lr) - (ref_c - ref_r)
-    assert (margin_gain > 0).all()
-    assert (chosen_r > rejected_r).float().mean().item() > 0.5
+    if loss_type == "rpo":  # its likelihood term dominates at alpha 1: y+ itself becomes more likely everywhere
+        assert (lc > ref_c).all() and (margin_gain.mean() > 0)
+    else:
+        assert (margin_gain > 0).all()
+        assert (chosen_r > rejected_r).float().mean().item() > 0.5
     assert final_loss.mean().item() < initial_loss.mean().item()
 
 
 # ------------------------------------------------------------------------------------------------ SimPO and DPOP
+def simpo(chosen, rejected, count, beta, gamma):
+    return preference_loss(chosen, rejected, torch.zeros_like(chosen), torch.zeros_like(chosen), count,
+                           PreferenceLossConfig("simpo", beta, simpo_gamma=gamma))
+
+
+def dpop(policy_c, policy_r, ref_c, ref_r, count, beta, penalty):
+    return preference_loss(policy_c, policy_r, ref_c, ref_r, count, PreferenceLossConfig("dpop", beta,
+                                                                                         dpop_lambda=penalty))
+
+
 def test_simpo_known_values() -> None:
     chosen, rejected, count = torch.tensor([-2.0, -6.0]), torch.tensor([-4.0, -2.0]), torch.tensor([2.0, 4.0])
-    losses, chosen_rewards, rejected_rewards = simpo_loss(chosen, rejected, count, beta=2.0, gamma=0.5)
+    losses, chosen_rewards, rejected_rewards = simpo(chosen, rejected, count, beta=2.0, gamma=0.5)
     assert chosen_rewards.tolist() == [-2.0, -3.0] and rejected_rewards.tolist() == [-4.0, -1.0]  # 2 * l / |D|
     expected = [-math.log(1 / (1 + math.exp(-(-2.0 + 4.0 - 0.5)))), -math.log(1 / (1 + math.exp(-(-3.0 + 1.0 - 0.5))))]
     assert losses.tolist() == pytest.approx(expected)
-    without_margin = simpo_loss(chosen, rejected, count, 2.0, 0.0)[0]  # no reference: log-likelihoods only
+    without_margin = simpo(chosen, rejected, count, 2.0, 0.0)[0]  # no reference: log-likelihoods only
     assert torch.equal(without_margin, -F.logsigmoid(chosen_rewards - rejected_rewards))
+    ignored_reference = preference_loss(chosen, rejected, torch.full((2,), 7.0), torch.full((2,), -3.0), count,
+                                        PreferenceLossConfig("simpo", 2.0, simpo_gamma=0.5))[0]
+    assert torch.equal(ignored_reference, losses)
 
 
 def test_dpop_equals_dpo_while_y_plus_gains_and_penalises_a_falling_y_plus() -> None:
@@ -419,13 +460,13 @@ def test_dpop_equals_dpo_while_y_plus_gains_and_penalises_a_falling_y_plus() -> 
     ref_c, ref_r = torch.tensor([-8.0, -8.0]), torch.tensor([-8.0, -8.0])
     policy_c, policy_r = torch.tensor([-4.0, -12.0]), torch.tensor([-12.0, -20.0])  # y+ up, then y+ down by 4
     dpo, chosen_r, rejected_r = dpo_loss(policy_c, policy_r, ref_c, ref_r, count, beta=0.5)
-    dpop, chosen_p, rejected_p = dpop_loss(policy_c, policy_r, ref_c, ref_r, count, beta=0.5, penalty=3.0)
+    dpop_losses, chosen_p, rejected_p = dpop(policy_c, policy_r, ref_c, ref_r, count, beta=0.5, penalty=3.0)
     assert torch.equal(chosen_r, chosen_p) and torch.equal(rejected_r, rejected_p)
-    assert dpop[0] == pytest.approx(float(dpo[0]))  # r+ = 0.5 > 0: no penalty
+    assert dpop_losses[0] == pytest.approx(float(dpo[0]))  # r+ = 0.5 > 0: no penalty
     # r+ = -0.5, r- = -1.5: margin 1.0 minus 3 * 0.5 = -0.5
-    assert dpop[1] == pytest.approx(-math.log(1 / (1 + math.exp(0.5))))
-    assert dpop[1] > dpo[1]
-    assert torch.equal(dpop_loss(policy_c, policy_r, ref_c, ref_r, count, 0.5, 0.0)[0], dpo)  # lambda 0 is DPO
+    assert dpop_losses[1] == pytest.approx(-math.log(1 / (1 + math.exp(0.5))))
+    assert dpop_losses[1] > dpo[1]
+    assert torch.equal(dpop(policy_c, policy_r, ref_c, ref_r, count, 0.5, 0.0)[0], dpo)  # lambda 0 is DPO
 
 
 def test_dpop_pushes_y_plus_up_where_dpo_lets_it_fall() -> None:
@@ -434,30 +475,103 @@ def test_dpop_pushes_y_plus_up_where_dpo_lets_it_fall() -> None:
     policy_c = torch.tensor([-3.0], requires_grad=True)
     policy_r = torch.tensor([-6.0], requires_grad=True)
     reference = torch.tensor([-2.0])  # y+ is already below its reference likelihood
-    dpop_loss(policy_c, policy_r, reference, reference, count, beta=1.0, penalty=5.0)[0].sum().backward()
+    dpop(policy_c, policy_r, reference, reference, count, beta=1.0, penalty=5.0)[0].sum().backward()
     dpop_grad = policy_c.grad.clone()
     policy_c.grad = None
     dpo_loss(policy_c, policy_r, reference, reference, count, beta=1.0)[0].sum().backward()
     assert dpop_grad < policy_c.grad < 0  # descent raises l(y+), and more so with the penalty
 
 
-@pytest.mark.parametrize(("function", "arguments", "message"), [
-    (simpo_loss, (0.0, 0.5), "beta"), (simpo_loss, (1.0, -0.1), "gamma"),
-    (dpop_loss, (1.0, -1.0), "penalty"), (dpop_loss, (0.0, 1.0), "beta"),
+# ------------------------------------------------------------------------------------------------ bounded losses
+def test_cdpo_known_values_and_its_optimum() -> None:
+    config = PreferenceLossConfig("cdpo", beta=0.5, label_smoothing=0.2)
+    losses, _, _ = config_losses(config, [-4.0, -5.0], [-6.0, -5.0], [-5.0, -5.0], [-5.0, -5.0], [2, 2])
+    h = 1.0  # ((-4 + 5) - (-6 + 5)) / 2
+    expected = -0.8 * math.log(1 / (1 + math.exp(-0.5 * h))) - 0.2 * math.log(1 / (1 + math.exp(0.5 * h)))
+    assert losses[0].item() == pytest.approx(expected, rel=1e-6)
+    assert losses[1].item() == pytest.approx(LN2, rel=1e-6)  # at h = 0 both terms are ln 2
+    assert config.optimum_margin == pytest.approx(math.log(0.8 / 0.2) / 0.5)
+    at = lambda m: config_losses(config, [-5.0 + m], [-5.0], [-5.0], [-5.0], [1])[0].item()  # noqa: E731
+    optimum = config.optimum_margin
+    assert at(optimum) < at(optimum - 0.5) and at(optimum) < at(optimum + 0.5)  # a minimum, not a floor
+
+
+def test_target_margin_known_values_and_no_pull_beyond_the_target() -> None:
+    config = PreferenceLossConfig("target_margin", target_margin=2.0)
+    margins = [0.0, 1.0, 2.0, 5.0]
+    losses = [config_losses(config, [-5.0 + m], [-5.0], [-5.0], [-5.0], [1])[0].item() for m in margins]
+    assert losses == pytest.approx([1.0, 0.25, 0.0, 0.0])
+    policy_c = torch.tensor([-2.0], requires_grad=True)  # h = 3 > 2: nothing left to pull
+    preference_loss(policy_c, torch.tensor([-5.0]), torch.tensor([-5.0]), torch.tensor([-5.0]), torch.ones(1),
+                    config)[0].sum().backward()
+    assert policy_c.grad.item() == 0.0
+    assert config.optimum_margin == 2.0
+
+
+def test_rpo_is_dpo_plus_the_preferred_masks_per_voxel_nll() -> None:
+    config = PreferenceLossConfig("rpo", beta=0.5, rpo_alpha=2.0)
+    pc, pr, rc, rr, n = [-4.0], [-6.0], [-5.0], [-5.0], [4]
+    got = config_losses(config, pc, pr, rc, rr, n)[0].item()
+    dpo = config_losses(PreferenceLossConfig("sigmoid", 0.5), pc, pr, rc, rr, n)[0].item()
+    assert got == pytest.approx(dpo + 2.0 * 4.0 / 4)
+
+
+@pytest.mark.parametrize("loss_type", [t for t in LOSS_TYPES if t not in ("simpo", "rpo")])
+@pytest.mark.parametrize("beta", [0.1, 0.6, 3.0])
+def test_start_slope_is_the_losses_slope_where_every_round_starts(loss_type, beta) -> None:
+    config = PreferenceLossConfig(loss_type, beta, target_margin=1.5)
+    policy_c = torch.tensor([-5.0], requires_grad=True)  # policy = reference: h = 0
+    preference_loss(policy_c, torch.tensor([-5.0]), torch.tensor([-5.0]), torch.tensor([-5.0]), torch.ones(1),
+                    config)[0].sum().backward()
+    assert -policy_c.grad.item() == pytest.approx(config.start_slope, rel=1e-5)
+
+
+def fit_one_pair(config: PreferenceLossConfig, steps: int) -> list[float]:
+    """Gradient descent on the two free log-likelihoods of one fixed pair (|D| = 1): the margin after each step."""
+    policy = torch.zeros(2, requires_grad=True)  # l(y+), l(y-) as offsets from the reference
+    optimizer = torch.optim.SGD([policy], lr=0.05)
+    margins = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        preference_loss(policy[:1], policy[1:], torch.zeros(1), torch.zeros(1), torch.ones(1),
+                        config)[0].sum().backward()
+        optimizer.step()
+        margins.append(float(policy[0].detach() - policy[1].detach()))
+    return margins
+
+
+@pytest.mark.parametrize("config", [PreferenceLossConfig("cdpo", 1.0, label_smoothing=0.1),
+                                    PreferenceLossConfig("ipo", 0.6),
+                                    PreferenceLossConfig("target_margin", target_margin=1.0)],
+                         ids=["cdpo", "ipo", "target_margin"])
+def test_bounded_losses_stop_at_their_optimum_on_a_fixed_pair_where_dpo_keeps_going(config) -> None:
+    margins = fit_one_pair(config, 3000)
+    optimum = config.optimum_margin
+    assert optimum <= margins[-1] * 1.01 and margins[-1] <= optimum * 1.05  # the hinge may stop just past it
+    assert abs(margins[-1] - margins[-1000]) < 0.01 * optimum  # settled
+    dpo = fit_one_pair(PreferenceLossConfig("sigmoid", 1.0), 3000)
+    assert dpo[-1] > 2 * optimum and dpo[-1] > dpo[-2000] + 0.5  # still climbing
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"beta": 0.0}, "beta must be > 0"), ({"beta": float("nan")}, "beta must be > 0"),
+    ({"label_smoothing": 0.0}, "label_smoothing must be in"), ({"label_smoothing": 0.5}, "label_smoothing"),
+    ({"target_margin": 0.0}, "target_margin must be > 0"), ({"simpo_gamma": -0.1}, "simpo_gamma"),
+    ({"dpop_lambda": -1.0}, "dpop_lambda"), ({"rpo_alpha": -1.0}, "rpo_alpha"),
+    ({"loss_type": "kto"}, "allowed values"),
 ])
-def test_simpo_and_dpop_reject_bad_arguments(function, arguments, message) -> None:
-    one = torch.ones(1)
-    inputs = (one, one, one) if function is simpo_loss else (one, one, one, one, one)
+def test_config_rejects_bad_settings_once_at_construction(settings, message) -> None:
     with pytest.raises(ValueError, match=message):
-        function(*inputs, *arguments)
+        PreferenceLossConfig(**settings)
 
 
-def test_dpo_loss_refuses_the_variants_loss_types_and_the_module_rejects_negative_settings() -> None:
+def test_every_loss_type_has_a_formula_and_the_reference_free_ones_are_named() -> None:
     one = torch.ones(1)
-    with pytest.raises(ValueError, match="simpo_loss, dpop_loss"):
-        dpo_loss(one, one, one, one, one, 1.0, "simpo")
-    with pytest.raises(ValueError, match="simpo_gamma and dpop_penalty"):
-        DPOLoss(loss_type="simpo", simpo_gamma=-1.0)
+    for loss_type in LOSS_TYPES:
+        config = PreferenceLossConfig(loss_type)
+        losses, _, _ = preference_loss(-one, -2 * one, -one, -one, one, config)
+        assert torch.isfinite(losses).all()
+        assert config.reference_free == (loss_type == "simpo")
 
 
 def test_disagreement_counts_match_the_log_likelihood_counts() -> None:

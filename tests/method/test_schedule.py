@@ -1,4 +1,4 @@
-"""Tests of ``nnunetv2_mapo.method.schedule``: rates per hypothesis, pairs per step."""
+"""Tests of ``nnunetv2_mapo.method.schedule``: rates per hypothesis, pairs per step, the reuse bound."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-from nnunetv2_mapo.method.schedule import hypothesis_rates, pairs_for_step
+from nnunetv2_mapo.method.schedule import PairReuse, hypothesis_rates, pairs_for_step
 
 
 def test_hypothesis_rates_one_per_hypothesis():
@@ -52,3 +53,40 @@ def test_pair_counts_of_a_fraction_follow_the_pattern():
 def test_pair_counts_reject_bad_input(rate, step):
     with pytest.raises(ValueError, match="pairs_per_step|step"):
         pairs_for_step(rate, step)
+
+
+# ------------------------------------------------------------------------------------------------ PairReuse
+def test_pair_reuse_draws_every_pair_once_before_any_twice_and_stops_at_the_bound() -> None:
+    reuse = PairReuse(5, max_uses=2)
+    generator = torch.Generator().manual_seed(0)
+    first = torch.cat([reuse.draw(2, generator), reuse.draw(2, generator), reuse.draw(1, generator)])
+    assert sorted(first.tolist()) == [0, 1, 2, 3, 4]  # a first pass over the set, without repeats
+    assert not reuse.spent
+    second = reuse.draw(4, generator)
+    assert len(set(second.tolist())) == 4 and reuse.uses.tolist().count(2) == 4
+    last = int((reuse.uses < 2).nonzero()[0])
+    assert reuse.draw(3, generator).tolist() == [last]  # only one pair has a use left
+    assert reuse.spent and reuse.uses.tolist() == [2] * 5
+    assert len(reuse.draw(3, generator)) == 0  # spent: nothing more
+
+
+def test_pair_reuse_without_a_bound_repeats_pairs_and_is_never_spent() -> None:
+    reuse = PairReuse(2, max_uses=None)
+    drawn = reuse.draw(5, torch.Generator().manual_seed(1))
+    assert len(drawn) == 5 and sorted(reuse.uses.tolist()) == [2, 3]  # balanced: each pair in turn
+    assert not reuse.spent
+    assert not PairReuse(0, max_uses=1).spent and len(PairReuse(0, 1).draw(2, torch.Generator())) == 0
+
+
+def test_pair_reuse_state_round_trip_and_bad_input() -> None:
+    reuse = PairReuse(3, max_uses=4)
+    reuse.draw(2, torch.Generator().manual_seed(2))
+    other = PairReuse(3, max_uses=4)
+    other.load_state_dict(reuse.state_dict())
+    assert torch.equal(other.uses, reuse.uses)
+    with pytest.raises(ValueError, match="do not fit a set of 5 pairs"):
+        PairReuse(5, 4).load_state_dict(reuse.state_dict())
+    with pytest.raises(ValueError, match="max_uses must be >= 1"):
+        PairReuse(3, 0)
+    with pytest.raises(ValueError, match="num_pairs"):
+        PairReuse(-1, 1)

@@ -28,7 +28,7 @@ from torch import distributed as dist
 from torch import nn
 
 from nnunetv2_mapo.method.dropout import find_injector, inject_dropout
-from nnunetv2_mapo.method.preference_loss import DPOLoss, mask_log_likelihoods
+from nnunetv2_mapo.method.preference_loss import PreferenceLoss, PreferenceLossConfig, mask_log_likelihoods
 from nnunetv2_mapo.method.preference_set import PreferenceSet, empty_preference_set
 from nnunetv2_mapo.method.round import generate_preference_set
 from nnunetv2_mapo.training.distributed import (
@@ -122,7 +122,8 @@ def ddp_training(rank: int, preference_set: PreferenceSet, pair_ranks: tuple[int
     """``STEPS`` steps of ``nnUNetTrainerMAPO.train_step`` through DDP; pairs are appended on ``pair_ranks`` only."""
     network = tiny_unet()
     model = nn.parallel.DistributedDataParallel(network)  # CPU: no device_ids
-    loss = MAPOLoss(nnunet_ddp_loss(), DPOLoss(beta=BETA), WEIGHT)
+    # The term as a mean of the pairs' losses, which local_dpo_gradient computes by hand.
+    loss = MAPOLoss(nnunet_ddp_loss(), PreferenceLoss(PreferenceLossConfig("sigmoid", BETA)), WEIGHT, scale="pair_mean")
     optimizer = torch.optim.SGD(model.parameters(), 0.01, weight_decay=3e-5, momentum=0.99, nesterov=True)
     pair_generator = torch.Generator().manual_seed(SEED + rank)  # as the trainer: seed + local_rank
     batch_generator = torch.Generator().manual_seed(100 + rank)  # each rank its own batches
@@ -154,8 +155,9 @@ def local_dpo_gradient(rank: int, preference_set: PreferenceSet) -> torch.Tensor
     """Gradient of ``WEIGHT`` x this rank's first-step DPO term alone, without DDP (same weights, same pairs)."""
     network = tiny_unet()
     pairs = preference_set.sample(PAIRS_PER_STEP, torch.Generator().manual_seed(SEED + rank))
-    losses, _, _ = DPOLoss(beta=BETA)(network(pairs.images)[0], pairs.chosen, pairs.rejected,
-                                      pairs.reference_chosen_logps, pairs.reference_rejected_logps, pairs.valid)
+    losses = PreferenceLoss(PreferenceLossConfig("sigmoid", BETA))(
+        network(pairs.images)[0], pairs.chosen, pairs.rejected, pairs.reference_chosen_logps,
+        pairs.reference_rejected_logps, pairs.valid)[0]
     (WEIGHT * losses.mean()).backward()
     return flat_grads(network)
 

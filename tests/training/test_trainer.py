@@ -173,10 +173,57 @@ def test_round_step_and_state_round_trip(make_trainer) -> None:
         other.initialize()
         other.load_mapo_state_dict(state, folder=trainer.output_folder)  # the round's set file is in that folder
         assert other._mapo_pair_steps == trainer._mapo_pair_steps
+        assert torch.equal(other._mapo_pair_reuse.uses, trainer._mapo_pair_reuse.uses)  # the reuse bound resumes
+        assert int(trainer._mapo_pair_reuse.uses.sum()) == 4  # 2 steps with a pair each, then 2 of 4 half-steps
         assert other.mapo_round_index == 1 and len(other.mapo_preference_set) == len(pairs)
         assert torch.equal(other.mapo_preference_set.chosen, pairs.chosen)
         with pytest.raises(MAPOStateError):
             other.load_mapo_state_dict({"round_index": 1})
+    finally:
+        trainer.on_train_end()
+
+
+def test_a_set_spent_by_the_reuse_bound_is_regenerated_at_the_next_epoch(make_trainer) -> None:
+    trainer = make_trainer(mapo_warmup_epochs=0, num_epochs=50, mapo_cases_per_round=4, mapo_num_hypotheses=4,
+                           mapo_pair_margin=0.0, mapo_pairs_per_step=1, mapo_max_pair_uses=2, mapo_regen_every=40)
+    trainer.on_train_start()
+    try:
+        pairs = trainer.run_preference_round()
+        assert len(pairs) >= 1
+        drawn = [trainer._next_pairs() for _ in range(2 * len(pairs) + 3)]
+        assert all(batch is not None and len(batch) == 1 for batch in drawn[:2 * len(pairs)])
+        assert all(batch is None for batch in drawn[2 * len(pairs):])  # spent: every pair drawn twice
+        assert trainer._mapo_pair_reuse.uses.tolist() == [2] * len(pairs)
+        assert trainer.mapo_round_due(pairs.epoch + 1)  # 1 epoch later, not mapo_regen_every = 40
+        trainer._mapo_pair_reuse.uses.zero_()
+        assert not trainer.mapo_round_due(pairs.epoch + 1)
+        trainer.mapo_max_pair_uses = None
+        trainer.run_preference_round()
+        assert all(trainer._next_pairs() is not None for _ in range(10 * len(pairs)))  # no bound: never spent
+        assert not trainer.mapo_round_due(trainer.mapo_preference_set.epoch + 39)
+    finally:
+        trainer.on_train_end()
+
+
+def test_dropout_only_trains_with_the_injected_dropout_and_runs_no_round(make_trainer) -> None:
+    from nnunetv2_mapo.method.dropout import find_injector
+    from nnunetv2_mapo.training.variants.dropout import nnUNetTrainerDropoutOnly
+
+    trainer = make_trainer(nnUNetTrainerDropoutOnly, mapo_warmup_epochs=0, num_epochs=5)
+    trainer.on_train_start()
+    try:
+        injector = find_injector(trainer.network)
+        seen = []
+        handle = trainer.network.register_forward_hook(lambda *_: seen.append(injector.active))
+        trainer.network.train()
+        trainer.train_step(next(trainer.dataloader_train))
+        trainer.network.eval()
+        trainer.validation_step(next(trainer.dataloader_val))
+        handle.remove()
+        assert seen == [True, False]  # dropout in the supervised step, none in validation (or prediction)
+        assert not any(trainer.mapo_round_due(epoch) for epoch in range(5))
+        trainer.on_train_epoch_start()
+        assert trainer.mapo_preference_set is None and "no round yet" not in open(trainer.log_file).read()
     finally:
         trainer.on_train_end()
 
@@ -239,7 +286,7 @@ def test_resuming_with_changed_settings_stops_unless_opted_in(make_trainer, tmp_
     trainer.save_checkpoint(latest)
     trainer.save_checkpoint(final)
     monkeypatch.setenv("nnUNet_mapo_config", json.dumps({"mapo_beta": 0.7, "mapo_seed": 5}))
-    with pytest.raises(MAPOSettingsChanged, match=r"mapo_beta: 0\.1 -> 0\.7.*mapo_seed: 12345 -> 5.*"
+    with pytest.raises(MAPOSettingsChanged, match=r"mapo_beta: 1\.0 -> 0\.7.*mapo_seed: 12345 -> 5.*"
                                                   + ALLOW_CHANGED_SETTINGS_VAR):
         make_trainer(fold=1).load_checkpoint(latest)
     make_trainer(fold=1).load_checkpoint(final)  # validation and prediction only read the weights
@@ -248,7 +295,7 @@ def test_resuming_with_changed_settings_stops_unless_opted_in(make_trainer, tmp_
     resumed.load_checkpoint(latest)
     assert resumed.mapo_beta == 0.7 and resumed.mapo_seed == 5  # continues with the new values, and says so
     with open(resumed.log_file, encoding="utf-8") as handle:
-        assert "settings differ from the checkpoint's (saved -> now): mapo_beta: 0.1 -> 0.7" in handle.read()
+        assert "settings differ from the checkpoint's (saved -> now): mapo_beta: 1.0 -> 0.7" in handle.read()
 
 
 def test_round_without_pairs_warns_once_and_trains_on_dice_ce(make_trainer) -> None:
@@ -416,7 +463,7 @@ def test_mapo_on_top_of_another_trainer_in_one_line(make_trainer) -> None:
     mirrorless.initialize()
     mirrorless.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     assert mirrorless.inference_allowed_mirroring_axes is None  # nnUNetTrainerNoMirroring's behaviour is kept
-    assert mirrorless.mapo_beta == 0.1 and find_injector(mirrorless.network).hooked_modules
+    assert mirrorless.mapo_beta == 1.0 and find_injector(mirrorless.network).hooked_modules
 
 
 class _WithDropPath(torch.nn.Module):

@@ -219,6 +219,12 @@ def test_hippocampus_few_cases(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("trainer", "setting", "value"), [("nnUNetTrainerMAPO_SimPO", "mapo_loss_type", "simpo"),
                                                             ("nnUNetTrainerMAPO_DPOP", "mapo_loss_type", "dpop"),
+                                                            ("nnUNetTrainerMAPO_cDPO", "mapo_loss_type", "cdpo"),
+                                                            ("nnUNetTrainerMAPO_DPO", "mapo_loss_type", "sigmoid"),
+                                                            ("nnUNetTrainerMAPO_TargetMargin", "mapo_loss_type",
+                                                             "target_margin"),
+                                                            ("nnUNetTrainerMAPO_RPO", "mapo_loss_type", "rpo"),
+                                                            ("nnUNetTrainerMAPO_IPO", "mapo_beta", 0.6),
                                                             ("nnUNetTrainerMAPO_GTAnchored", "mapo_pairing",
                                                              "ground_truth"),
                                                             ("nnUNetTrainerMAPO_GTOverPrediction", "mapo_pairing",
@@ -251,3 +257,14 @@ def test_loss_and_pair_variants_train_end_to_end(ws2d: Workspace, trainer: str, 
         assert all(s["views"] == [[], [0], [1], [0, 1]] and s["reference_chosen_logps"].shape == (len(s["keys"]), 4)
                    for s in sets if s["keys"])
         assert any(s["keys"] for s in sets) or not with_pairs
+
+
+def test_dropout_only_ablation_trains_end_to_end_without_rounds(ws2d: Workspace) -> None:
+    trainer = "nnUNetTrainerDropoutOnly"
+    output = ws2d.train(901, "2d", 4, trainer, "cpu", TINY | {"num_epochs": 2})
+    fold = ws2d.output_folder(901, trainer, "2d", 4)
+    assert "MAPO round" not in output and os.path.isfile(os.path.join(fold, "checkpoint_final.pth"))
+    logging = _checkpoint(os.path.join(fold, "checkpoint_final.pth"))["logging"]
+    assert all(math.isnan(v) for v in logging["mapo_num_pairs"] + logging["mapo_dpo_loss"])
+    assert all(math.isfinite(v) for v in logging["train_losses"])
+    assert os.path.isfile(os.path.join(fold, "validation", "summary.json"))  # predicted like any nnU-Net model

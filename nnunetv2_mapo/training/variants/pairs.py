@@ -60,9 +60,10 @@ class nnUNetTrainerMAPO_MultiObjective(nnUNetTrainerMAPO):
 
 class nnUNetTrainerMAPO_PaperFormulation(nnUNetTrainerMAPO):
     """The project's reference formulation of the paper (``docs/method.md``), pinned: it stays this when the
-    defaults of ``nnUNetTrainerMAPO`` change by measurement. Element-wise dropout hypotheses at rates 0.05-0.4,
-    y+ the best and y- the worst hypothesis at least 0.05 Dice below it, the sigmoid DPO loss with beta 0.1 and
-    weight 0.5, a round every 50 of 1000 epochs after a 10% warm-up."""
+    defaults of ``nnUNetTrainerMAPO`` change by measurement (they did in 0.9). Element-wise dropout hypotheses at
+    rates 0.05-0.4, y+ the best and y- the worst hypothesis at least 0.05 Dice below it, the sigmoid DPO loss with
+    beta 0.1 and weight 0.5 on the mean of the pairs' losses, a round every 50 of 1000 epochs after a 10% warm-up,
+    pairs drawn without a bound on their reuse. Measured worse than ``nnUNetTrainer`` (``docs/benchmarks.md``)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -77,3 +78,5 @@ class nnUNetTrainerMAPO_PaperFormulation(nnUNetTrainerMAPO):
         self.mapo_beta = 0.1
         self.mapo_weight = 0.5
         self.mapo_loss_type = "sigmoid"
+        self.mapo_term_scale = "pair_mean"
+        self.mapo_max_pair_uses = None
