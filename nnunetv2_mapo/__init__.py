@@ -27,6 +27,7 @@ _LAZY = {
     "nnUNetTrainerMAPO_DPOP": "nnunetv2_mapo.training.variants.preference_loss",
     "nnUNetTrainerMAPO_ChannelDropout": "nnunetv2_mapo.training.variants.dropout",
     "nnUNetTrainerDropoutOnly": "nnunetv2_mapo.training.variants.dropout",
+    "nnUNetTrainerMAPO_BoundaryRanked": "nnunetv2_mapo.training.variants.pairs",
     "nnUNetTrainerMAPO_GTAnchored": "nnunetv2_mapo.training.variants.pairs",
     "nnUNetTrainerMAPO_GTOverPrediction": "nnunetv2_mapo.training.variants.pairs",
     "nnUNetTrainerMAPO_MirroredPairs": "nnunetv2_mapo.training.variants.pairs",

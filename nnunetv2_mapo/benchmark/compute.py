@@ -72,7 +72,8 @@ def mapo_extra_iterations(total_epochs: int, first_epoch: int, iterations: int, 
                                         iterations * resolved["mapo_pairs_per_step"], resolved["mapo_regen_every"],
                                         cases, resolved["mapo_max_pair_uses"])
     has_reference = resolved["mapo_loss_type"] not in REFERENCE_FREE_LOSS_TYPES
-    passes_per_case = resolved["mapo_num_hypotheses"] + has_reference
+    with_prediction = resolved["mapo_pairing"] == "dropout_and_prediction"  # runs the pass without dropout anyway
+    passes_per_case = resolved["mapo_num_hypotheses"] + (has_reference or with_prediction)
     if resolved["mapo_pairing"] in PREDICTION_PAIRINGS:  # the prediction alone, no hypotheses
         passes_per_case = 1
     if resolved["mapo_mirror_pairs"] and has_reference:  # a reference pass per further mirrored view

@@ -19,8 +19,8 @@ REFERENCE_FREE_LOSS_TYPES = ("simpo",)  # rounds of these skip the reference pas
 # cross-entropy's largest per-voxel gradient (the default), or the mean of the pairs' losses (the paper's reading)
 TERM_SCALES = ("voxel_gradient", "pair_mean")
 DROPOUT_MODES = ("element", "channel")
-# y+ the best dropout hypothesis (the paper), or the ground truth; y- a dropout hypothesis, or (the last one) the
-# network's own prediction without dropout
-PAIRINGS = ("dropout", "ground_truth", "ground_truth_over_prediction")
+# y+ the best dropout hypothesis (the paper), the best of the hypotheses and the network's own prediction, or the
+# ground truth; y- a dropout hypothesis, or (the last one) the network's own prediction without dropout
+PAIRINGS = ("dropout", "dropout_and_prediction", "ground_truth", "ground_truth_over_prediction")
 PREDICTION_PAIRINGS = ("ground_truth_over_prediction",)  # rounds of these run no dropout hypotheses
-OBJECTIVE_SETS = ("dice", "dice+boundary")  # what rounds rank hypotheses by: one pair per objective and item
+OBJECTIVE_SETS = ("dice", "dice+boundary", "boundary")  # what rounds rank hypotheses by: one pair per objective

@@ -37,7 +37,7 @@ def objectives_of(setting: str) -> tuple[str, ...]:
         setting: One of :data:`~nnunetv2_mapo.method.OBJECTIVE_SETS`.
 
     Returns:
-        ``('dice',)`` or ``('dice', 'boundary')``.
+        ``('dice',)``, ``('dice', 'boundary')`` or ``('boundary',)``.
 
     Raises:
         ValueError: Another value.

@@ -9,7 +9,9 @@ With ``pairing='ground_truth'`` the preferred mask is the ground truth itself, s
 With ``pairing='ground_truth_over_prediction'`` the ground truth is preferred over the network's own prediction
 without dropout (SPIN's pairs: the target over the model's own answer); that round runs no dropout hypotheses at all.
 With ``objectives=('dice', 'boundary')`` the hypotheses are also ranked by a boundary score (:mod:`.objectives`), and
-each objective gives its own pair, tagged with the objective's index.
+each objective gives its own pair, tagged with the objective's index; ``('boundary',)`` ranks by the boundary score
+alone. With ``pairing='dropout_and_prediction'`` the network's own prediction without dropout is a candidate beside
+the K hypotheses, so y+ is never worse than the network's answer by the ranking's own measure.
 With ``mirror_axes`` the round also computes the reference log-likelihoods of every mirrored view of each pair
 (:mod:`.mirroring`; extra reference passes for the items that got a pair), so that training steps can mirror them.
 """
@@ -93,13 +95,15 @@ def generate_preference_set(
             network's own prediction. Reference-free losses (SimPO) skip it: one forward pass per item less, and the
             set stores reference log-likelihoods of 0 and a network Dice of NaN.
         pairing: ``'dropout'`` (the paper's: y+ the best hypothesis, y- the worst one at least ``pair_margin``
-            below it), ``'ground_truth'`` (self-play style: y+ the ground truth, y- the worst hypothesis if its
-            Dice is at most ``1 - pair_margin``) or ``'ground_truth_over_prediction'`` (y+ the ground truth, y- the
-            network's prediction without dropout if its Dice is at most ``1 - pair_margin``; no hypotheses are run,
-            ``num_hypotheses`` and ``dropout_rates`` are not used, and there is one objective only).
-        objectives: What the hypotheses are ranked by, one pair per objective and item: ``'dice'`` and optionally
-            ``'boundary'`` (:func:`~nnunetv2_mapo.method.objectives.boundary_scores`); ``pair_margin`` applies to
-            each objective's score. The set records each pair's objective index when there are several.
+            below it), ``'dropout_and_prediction'`` (the same over the K hypotheses and the network's prediction
+            without dropout; the round always runs that pass), ``'ground_truth'`` (self-play style: y+ the ground
+            truth, y- the worst hypothesis if its Dice is at most ``1 - pair_margin``) or
+            ``'ground_truth_over_prediction'`` (y+ the ground truth, y- the network's prediction without dropout if
+            its Dice is at most ``1 - pair_margin``; no hypotheses are run, ``num_hypotheses`` and
+            ``dropout_rates`` are not used, and there is one objective only).
+        objectives: What the hypotheses are ranked by, one pair per objective and item: ``'dice'``, ``'boundary'``
+            (:func:`~nnunetv2_mapo.method.objectives.boundary_scores`) or both; ``pair_margin`` applies to each
+            objective's score. The set records each pair's objective index when there are several.
         mirror_axes: Spatial axes the pairs may be mirrored along in training (nnU-Net's
             ``inference_allowed_mirroring_axes``); None or empty: no mirroring. Each further view costs one
             reference pass per chunk of items with a pair (none for reference-free losses).
@@ -117,6 +121,7 @@ def generate_preference_set(
         raise ValueError(f"Unknown objectives {list(objectives)}; allowed: "
                          f"{[list(objectives_of(name)) for name in OBJECTIVE_SETS]}.")
     against_prediction = pairing in PREDICTION_PAIRINGS
+    with_prediction = pairing == "dropout_and_prediction"  # the prediction is a candidate beside the hypotheses
     if against_prediction and len(objectives) > 1:
         raise ValueError(f"pairing {pairing!r} gives one pair per item (the ground truth over the prediction), so it "
                          f"takes one objective, not {list(objectives)}; use objectives ('dice',).")
@@ -138,7 +143,7 @@ def generate_preference_set(
                 num_items += n
                 reference, valid = split_target(target, label_manager)
                 with autocast:
-                    if reference_pass or against_prediction:
+                    if reference_pass or against_prediction or with_prediction:
                         reference_logits = full_resolution(network(data))
                         network_masks = logits_to_masks(reference_logits, label_manager).unsqueeze(1)
                         network_scores = mean_foreground_dice(network_masks, reference, valid, label_manager)[:, 0]
@@ -152,9 +157,12 @@ def generate_preference_set(
                         hypotheses = logits_to_masks(logits, label_manager)
                         hypotheses = hypotheses.reshape(n, num_hypotheses, *hypotheses.shape[1:])
                         scores = mean_foreground_dice(hypotheses, reference, valid, label_manager)
-                    ranked_by = [scores]  # Dice, then the boundary score when it is an objective too
-                    if "boundary" in objectives:
-                        ranked_by.append(boundary_scores(hypotheses, reference, valid, label_manager))
+                        if with_prediction:  # candidate K: the network's own answer
+                            hypotheses = torch.cat([hypotheses, network_masks.to(hypotheses.dtype)], 1)
+                            scores = torch.cat([scores, network_scores[:, None]], 1)
+                    ranked_by = [scores if objective == "dice" else boundary_scores(hypotheses, reference, valid,
+                                                                                    label_manager)
+                                 for objective in objectives]
                 mirrored: list[torch.Tensor] | None = None  # the other views' reference logits, once per chunk
                 for objective_index, ranking in enumerate(ranked_by):
                     chosen, chosen_scores, rejected, rejected_scores, has_pair = _pair_up(
@@ -191,7 +199,7 @@ def _pair_up(ranking: torch.Tensor, hypotheses: torch.Tensor, dice: torch.Tensor
     """One candidate pair per item from ``ranking`` ``(n, K)``: y+, its Dice, y-, its Dice, and whether it counts."""
     n = hypotheses.shape[0]
     items = torch.arange(n, device=hypotheses.device)
-    if pairing != "dropout":  # y+ = the ground truth (perfect score), y- = the worst hypothesis (or the prediction)
+    if pairing.startswith("ground_truth"):  # y+ = the ground truth (perfect score), y- = the worst hypothesis
         rejected_idx = ranking.argmin(1)
         chosen = reference.to(hypotheses.dtype)
         chosen_dice = torch.ones(n, device=hypotheses.device)

@@ -80,10 +80,12 @@ MAPO_SETTINGS: tuple[Setting, ...] = (
     Setting("mapo_pair_margin", "float", "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0, 0.05,
             "tau: the dispreferred mask's Dice must be at least this far below the best"),
     Setting("mapo_pairing", "str", f"one of {list(PAIRINGS)}", lambda v: v in PAIRINGS, "dropout",
-            "y+ the best dropout hypothesis ('dropout', the paper) or the ground truth, y- the worst hypothesis or "
+            "y+ the best dropout hypothesis ('dropout', the paper), the best of them and the network's own "
+            "prediction ('dropout_and_prediction') or the ground truth; y- the worst hypothesis or "
             "('ground_truth_over_prediction') the network's prediction without dropout"),
     Setting("mapo_objectives", "str", f"one of {list(OBJECTIVE_SETS)}", lambda v: v in OBJECTIVE_SETS, "dice",
-            "what rounds rank hypotheses by: Dice, or Dice and boundary (one pair each, adaptive weights)"),
+            "what rounds rank hypotheses by: Dice, Dice and boundary (one pair each, adaptive weights), or the "
+            "boundary (surface Dice at one voxel) alone"),
     Setting("mapo_beta", "float", "a number > 0", lambda v: v > 0, 1.0,
             "temperature beta: the rewards are beta x the log-ratio in nats per disagreement voxel"),
     Setting("mapo_weight", "float", "a number >= 0", lambda v: v >= 0, 1.0,

@@ -27,8 +27,9 @@ def square(top: int, left: int, size: int = 5, shape: tuple[int, int] = (20, 20)
 def test_objectives_of_each_setting_and_a_bad_one() -> None:
     assert objectives_of("dice") == ("dice",)
     assert objectives_of("dice+boundary") == ("dice", "boundary")
+    assert objectives_of("boundary") == ("boundary",)
     with pytest.raises(ValueError, match="allowed values"):
-        objectives_of("boundary")
+        objectives_of("boundary+dice")
 
 
 def test_boundary_score_known_values() -> None:

@@ -21,6 +21,7 @@ from round_helpers import (
 )
 
 from nnunetv2_mapo.method.dropout import inject_dropout
+from nnunetv2_mapo.method.objectives import boundary_scores
 from nnunetv2_mapo.method.preference_loss import mask_log_likelihoods
 from nnunetv2_mapo.method.round import RoundExamples, generate_preference_set
 from nnunetv2_mapo.method.scoring import mean_foreground_dice, split_target
@@ -333,3 +334,30 @@ def test_ground_truth_over_prediction_takes_one_objective():
     with pytest.raises(ValueError, match="one objective"):
         generate(network, label_batches(network), pairing="ground_truth_over_prediction",
                  objectives=("dice", "boundary"))
+
+
+def test_dropout_and_prediction_ranks_the_networks_own_answer_among_the_candidates():
+    network = tiny_unet()
+    batches = label_batches(network)  # targets = the clean prediction: it scores 1 and must be y+ by either measure
+    for objectives in (("dice",), ("boundary",)):
+        pairs = generate(network, batches, pairing="dropout_and_prediction", objectives=objectives, margin=0.0)
+        assert len(pairs) > 0
+        own = clean_logits(network, pairs.images.float()).argmax(1)
+        assert torch.equal(pairs.chosen.long(), own)  # no dropout hypothesis beats the prediction itself
+        torch.testing.assert_close(pairs.chosen_dice, pairs.network_dice)
+        assert pairs.objective is None  # one objective: no tags
+    # The paper's pairing on the same items never prefers the exact prediction over all hypotheses by construction.
+    plain = generate(network, batches, pairing="dropout", margin=0.0)
+    assert not torch.equal(plain.chosen.long(), clean_logits(network, plain.images.float()).argmax(1))
+
+
+def test_boundary_ranking_picks_y_plus_and_y_minus_by_the_surface_dice():
+    network = tiny_unet()
+    batches = label_batches(network)
+    batches[0]["target"][:, :, :5, :] = 1  # a target the network does not reproduce: the candidates differ
+    pairs = generate(network, batches, pairing="dropout_and_prediction", objectives=("boundary",), margin=0.05)
+    assert len(pairs) > 0
+    target = {key: batch["target"][row] for batch in batches for row, key in enumerate(batch["keys"])}
+    reference, valid = split_target(torch.stack([target[key] for key in pairs.keys]), LABELS)
+    scores = boundary_scores(torch.stack([pairs.chosen, pairs.rejected], 1), reference, valid, LABELS)
+    assert (scores[:, 0] >= scores[:, 1] + 0.05 - 1e-6).all()  # the gap is in the boundary score, not in Dice

@@ -225,6 +225,8 @@ def test_hippocampus_few_cases(tmp_path: Path) -> None:
                                                              "target_margin"),
                                                             ("nnUNetTrainerMAPO_RPO", "mapo_loss_type", "rpo"),
                                                             ("nnUNetTrainerMAPO_IPO", "mapo_beta", 0.6),
+                                                            ("nnUNetTrainerMAPO_BoundaryRanked", "mapo_objectives",
+                                                             "boundary"),
                                                             ("nnUNetTrainerMAPO_GTAnchored", "mapo_pairing",
                                                              "ground_truth"),
                                                             ("nnUNetTrainerMAPO_GTOverPrediction", "mapo_pairing",

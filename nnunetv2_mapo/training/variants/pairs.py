@@ -7,6 +7,7 @@ import torch
 from nnunetv2_mapo.training.trainer import nnUNetTrainerMAPO
 
 __all__ = [
+    "nnUNetTrainerMAPO_BoundaryRanked",
     "nnUNetTrainerMAPO_GTAnchored",
     "nnUNetTrainerMAPO_GTOverPrediction",
     "nnUNetTrainerMAPO_MirroredPairs",
@@ -56,6 +57,18 @@ class nnUNetTrainerMAPO_MultiObjective(nnUNetTrainerMAPO):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.mapo_objectives = "dice+boundary"
+
+
+class nnUNetTrainerMAPO_BoundaryRanked(nnUNetTrainerMAPO):
+    """Pairs ranked by a quantity Dice+CE cannot express: the surface Dice at one voxel on the patch, which does not
+    decompose over voxels. The network's own prediction without dropout is a candidate beside the K hypotheses, so
+    y+ is never worse than the network's answer by that measure (``docs/method.md``)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.mapo_objectives = "boundary"
+        self.mapo_pairing = "dropout_and_prediction"
 
 
 class nnUNetTrainerMAPO_PaperFormulation(nnUNetTrainerMAPO):
