@@ -17,6 +17,7 @@ _discovery.autoregister()
 _LAZY = {
     "nnUNetTrainerMAPO": "nnunetv2_mapo.training.trainer",
     "nnUNetTrainerMAPO_NoWarmup": "nnunetv2_mapo.training.variants.schedule",
+    "nnUNetTrainerMAPO_FixedReference": "nnunetv2_mapo.training.variants.schedule",
     "nnUNetTrainerMAPO_cDPO": "nnunetv2_mapo.training.variants.preference_loss",
     "nnUNetTrainerMAPO_DPO": "nnunetv2_mapo.training.variants.preference_loss",
     "nnUNetTrainerMAPO_TargetMargin": "nnunetv2_mapo.training.variants.preference_loss",

@@ -8,6 +8,7 @@ MAPO costs more than the baseline in two places, both counted in sample-passes (
   backward pass (K without the reference pass of reference-free losses; one, the prediction, when the ground truth
   is paired with the prediction). A forward pass is counted as a third of a forward-backward pass, the
   usual ratio for convolutional networks (the backward pass computes gradients for activations and weights).
+  A fixed reference policy (``mapo_reference_policy = first_round``) adds its own pass per case.
   With ``mapo_mirror_pairs`` each case also counts a reference pass per further mirrored view (2 ** spatial
   dimensions - 1), although only cases with a pair run them: the arm gets at least MAPO's compute.
 
@@ -73,7 +74,8 @@ def mapo_extra_iterations(total_epochs: int, first_epoch: int, iterations: int, 
                                         cases, resolved["mapo_max_pair_uses"])
     has_reference = resolved["mapo_loss_type"] not in REFERENCE_FREE_LOSS_TYPES
     with_prediction = resolved["mapo_pairing"] == "dropout_and_prediction"  # runs the pass without dropout anyway
-    passes_per_case = resolved["mapo_num_hypotheses"] + (has_reference or with_prediction)
+    fixed_reference = has_reference and resolved["mapo_reference_policy"] == "first_round"  # its own pass
+    passes_per_case = resolved["mapo_num_hypotheses"] + (has_reference or with_prediction) + fixed_reference
     if resolved["mapo_pairing"] in PREDICTION_PAIRINGS:  # the prediction alone, no hypotheses
         passes_per_case = 1
     if resolved["mapo_mirror_pairs"] and has_reference:  # a reference pass per further mirrored view

@@ -19,6 +19,9 @@ REFERENCE_FREE_LOSS_TYPES = ("simpo",)  # rounds of these skip the reference pas
 # cross-entropy's largest per-voxel gradient (the default), or the mean of the pairs' losses (the paper's reading)
 TERM_SCALES = ("voxel_gradient", "pair_mean")
 DROPOUT_MODES = ("element", "channel")
+# The reference policy of the preference loss: the network at each round (the paper), or the network at the first
+# round, kept for the whole training (its drift from that network stays bounded by the loss's optimum)
+REFERENCE_POLICIES = ("round", "first_round")
 # y+ the best dropout hypothesis (the paper), the best of the hypotheses and the network's own prediction, or the
 # ground truth; y- a dropout hypothesis, or (the last one) the network's own prediction without dropout
 PAIRINGS = ("dropout", "dropout_and_prediction", "ground_truth", "ground_truth_over_prediction")

@@ -72,6 +72,7 @@ def generate_preference_set(
     pairing: str = "dropout",
     objectives: Sequence[str] = ("dice",),
     mirror_axes: Sequence[int] | None = None,
+    reference_network: nn.Module | None = None,
 ) -> PreferenceSet:
     """Runs one preference round over ``batches`` and returns the pairs it found.
 
@@ -107,6 +108,9 @@ def generate_preference_set(
         mirror_axes: Spatial axes the pairs may be mirrored along in training (nnU-Net's
             ``inference_allowed_mirroring_axes``); None or empty: no mirroring. Each further view costs one
             reference pass per chunk of items with a pair (none for reference-free losses).
+        reference_network: A fixed reference policy (in eval mode, without the injected dropout active) whose
+            log-likelihoods the pairs keep instead of the network's own; one more forward pass per item. None: the
+            network itself, at this round.
 
     Raises:
         ValueError: An unknown ``pairing`` or objective, or several objectives with
@@ -164,16 +168,22 @@ def generate_preference_set(
                                                                                     label_manager)
                                  for objective in objectives]
                 mirrored: list[torch.Tensor] | None = None  # the other views' reference logits, once per chunk
+                policy_logits: torch.Tensor | None = None  # the reference policy's logits, once per chunk
                 for objective_index, ranking in enumerate(ranked_by):
                     chosen, chosen_scores, rejected, rejected_scores, has_pair = _pair_up(
                         ranking, hypotheses, scores, reference, pairing, pair_margin)
                     if reference_pass:
+                        if policy_logits is None:  # once per chunk
+                            with autocast:
+                                policy_logits = reference_logits if reference_network is None else \
+                                    full_resolution(reference_network(data))
                         ref_c, ref_r, num_disagree = mask_log_likelihoods(
-                            reference_logits.float(), chosen, rejected, valid, label_manager.has_regions)
+                            policy_logits.float(), chosen, rejected, valid, label_manager.has_regions)
                         if len(views) > 1 and bool(has_pair.any()):
                             if mirrored is None:
                                 with autocast:
-                                    mirrored = [mirrored_logits(network, data, view) for view in views[1:]]
+                                    mirrored = [mirrored_logits(reference_network or network, data, view)
+                                                for view in views[1:]]
                             more = [mask_log_likelihoods(logits.float(), chosen, rejected, valid,
                                                          label_manager.has_regions)[:2] for logits in mirrored]
                             ref_c = torch.stack([ref_c, *(m[0] for m in more)], 1)

@@ -13,7 +13,8 @@ plain Python values only and is read with ``torch.load(..., weights_only=True)``
 A round's preference set (the patches and masks: up to about 1 GB for 100 cases of 128^3) is written once, when the
 round ends, to ``mapo_sets/round_NNNN.pt`` in the fold's folder; the state beside each checkpoint names that file.
 So ``checkpoint_best/latest/final`` add a few kilobytes each instead of a copy of the set, and a set file is removed
-once no state names it any more.
+once no state names it any more. A fixed reference policy (``mapo_reference_policy = first_round``) is written once,
+to ``mapo_reference_network.pt``, and named by every state after it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 STATE_FORMAT = "nnunetv2_mapo.state"
 STATE_VERSION = 1
 SET_FOLDER = "mapo_sets"
+REFERENCE_NETWORK_FILE = "mapo_reference_network.pt"
 
 
 class MAPOStateError(RuntimeError):
@@ -155,7 +157,8 @@ def load_state(checkpoint: str, epoch: int) -> dict | None:
 
 
 def trainer_state(pair_generator_state: torch.Tensor, round_index: int = 0, preference_set: dict | None = None,
-                  pair_steps: int = 0, settings: dict | None = None, pair_uses: dict | None = None) -> dict:
+                  pair_steps: int = 0, settings: dict | None = None, pair_uses: dict | None = None,
+                  reference_network: str | None = None) -> dict:
     """The layout of MAPO's state (what ``nnUNetTrainerMAPO.mapo_state_dict`` saves), in one place.
 
     Args:
@@ -166,9 +169,11 @@ def trainer_state(pair_generator_state: torch.Tensor, round_index: int = 0, pref
         pair_steps: Training steps taken with a preference set (they schedule the pairs per step).
         settings: The MAPO settings in effect (compared when a training is resumed).
         pair_uses: :meth:`~nnunetv2_mapo.method.schedule.PairReuse.state_dict` of the set in use, or None.
+        reference_network: The file of a fixed reference policy (:func:`write_reference_network`), or None.
     """
     return {"round_index": int(round_index), "preference_set": preference_set, "pair_generator": pair_generator_state,
-            "pair_steps": int(pair_steps), "settings": dict(settings or {}), "pair_uses": pair_uses}
+            "pair_steps": int(pair_steps), "settings": dict(settings or {}), "pair_uses": pair_uses,
+            "reference_network": reference_network}
 
 
 def initial_trainer_state(seed: int) -> dict:
@@ -244,3 +249,26 @@ def remove_unreferenced_sets(output_folder: str) -> None:
         if os.path.basename(path) not in named:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
+
+
+def write_reference_network(output_folder: str, weights: dict) -> str:
+    """Writes a fixed reference policy's weights (atomically) once; returns the file name states keep."""
+    with atomic_path(os.path.join(output_folder, REFERENCE_NETWORK_FILE)) as temporary:
+        torch.save(weights, temporary)
+    return REFERENCE_NETWORK_FILE
+
+
+def read_reference_network(output_folder: str, name: str) -> dict:
+    """The weights :func:`write_reference_network` wrote.
+
+    Raises:
+        MAPOStateError: The file is missing or unreadable.
+    """
+    path = os.path.join(output_folder, os.path.basename(name))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise MAPOStateError(f"The MAPO state names the fixed reference network {path}, which is missing. Restore it "
+                             f"from a copy of the fold's folder, or start a new training.") from err
+    except Exception as err:
+        raise MAPOStateError(f"Cannot read the reference network {path}: {type(err).__name__}: {err}.") from err

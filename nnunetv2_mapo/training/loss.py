@@ -22,7 +22,8 @@ exactly ``weight / (B |Omega|)``: ``weight`` times the largest gradient nnU-Net'
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -96,6 +97,18 @@ class MAPOLoss(nn.Module):
         self.weight = float(weight)
         self.check_finite = check_finite
         self.last_stats: dict[str, float | torch.Tensor] = inactive_step_stats()
+        self._step_pairs: tuple[PreferenceBatch | None, torch.Tensor | None] = (None, None)
+
+    @contextlib.contextmanager
+    def pairs_of_this_step(self, pairs: PreferenceBatch | None,
+                           pair_logits: torch.Tensor | None = None) -> Iterator[None]:
+        """Gives the calls inside the block these pairs, for nnU-Net's ``train_step``, which calls
+        ``self.loss(output, target)`` with no room for more arguments. Arguments given to a call win."""
+        self._step_pairs = (pairs, pair_logits)
+        try:
+            yield
+        finally:
+            self._step_pairs = (None, None)
 
     def forward(self, output: Output, target: torch.Tensor | Sequence[torch.Tensor],
                 pairs: PreferenceBatch | None = None, pair_logits: torch.Tensor | None = None) -> torch.Tensor:
@@ -105,10 +118,12 @@ class MAPOLoss(nn.Module):
             output: The network's output for the batch, followed by ``len(pairs)`` pair rows when pairs are given
                 and ``pair_logits`` is not.
             target: The batch's targets (nnU-Net's format; no rows for the pairs).
-            pairs: The step's pairs, or None.
+            pairs: The step's pairs; None: those of :meth:`pairs_of_this_step`, if any.
             pair_logits: The pairs' full-resolution logits from a pass of their own (networks whose training and
                 eval modes differ); ``output`` then holds the batch's rows only.
         """
+        if pairs is None:
+            pairs, pair_logits = self._step_pairs[0], pair_logits if pair_logits is not None else self._step_pairs[1]
         if pairs is None or len(pairs) == 0:
             self.last_stats = inactive_step_stats()
             return self.segmentation_loss(output, target)

@@ -114,7 +114,8 @@ def run_preference_round(trainer: nnUNetTrainerMAPO) -> tuple[PreferenceSet, dic
             trainer.label_manager, trainer.mapo_num_hypotheses, trainer.mapo_dropout_rates, trainer.mapo_pair_margin,
             items_per_forward, trainer.device, generator, trainer.mapo_round_index, trainer.current_epoch, examples,
             reference_pass=trainer.mapo_loss_type not in REFERENCE_FREE_LOSS_TYPES, pairing=trainer.mapo_pairing,
-            objectives=objectives_of(trainer.mapo_objectives), mirror_axes=pair_mirror_axes(trainer))
+            objectives=objectives_of(trainer.mapo_objectives), mirror_axes=pair_mirror_axes(trainer),
+            reference_network=trainer.mapo_reference_network)
     finally:
         np.random.set_state(numpy_state)
     preference_set = gather_preference_set(preference_set)  # all ranks end with the same set

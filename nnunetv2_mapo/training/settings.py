@@ -22,6 +22,7 @@ from nnunetv2_mapo.method import (
     OBJECTIVE_SETS,
     PAIRINGS,
     PREDICTION_PAIRINGS,
+    REFERENCE_POLICIES,
     TERM_SCALES,
 )
 
@@ -107,6 +108,9 @@ MAPO_SETTINGS: tuple[Setting, ...] = (
             "DPO-Positive's penalty lambda on a preferred mask less likely than under the reference ('dpop')"),
     Setting("mapo_rpo_alpha", "float", "a number >= 0", lambda v: v >= 0, 1.0,
             "RPO's weight of the preferred mask's negative log-likelihood per disagreement voxel ('rpo')"),
+    Setting("mapo_reference_policy", "str", f"one of {list(REFERENCE_POLICIES)}", lambda v: v in REFERENCE_POLICIES,
+            "round", "the reference policy: the network at each round ('round', the paper) or at the first round, kept "
+                     "for the whole training ('first_round'; one more forward pass per case and round)"),
     Setting("mapo_max_pair_uses", "optional_int", "an integer >= 1, or null (no bound)",
             lambda v: v is None or v >= 1, 4,
             "training steps that may draw each pair; a spent set is regenerated at the next epoch's start"),

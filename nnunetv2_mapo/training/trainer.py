@@ -12,7 +12,6 @@ The class reads like a table of contents: each nnU-Net hook hands its MAPO part 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import os
@@ -35,11 +34,13 @@ from nnunetv2_mapo.training.checkpointing import (
     atomic_path,
     load_state,
     read_preference_set,
+    read_reference_network,
     remove_states,
     remove_unreferenced_sets,
     save_with_state,
     trainer_state,
     write_preference_set,
+    write_reference_network,
 )
 from nnunetv2_mapo.training.distributed import gather_step_stats
 from nnunetv2_mapo.training.gpu_memory import peak_gpu_memory_line
@@ -101,6 +102,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self.mapo_simpo_gamma = 0.5  # SimPO's target margin (loss type "simpo")
         self.mapo_dpop_lambda = 10.0  # DPO-Positive's penalty (loss type "dpop")
         self.mapo_rpo_alpha = 1.0  # RPO's weight of y+'s negative log-likelihood per voxel (loss type "rpo")
+        self.mapo_reference_policy = "round"  # the reference: the network at each round; or "first_round"
         self.mapo_max_pair_uses: int | None = 4  # steps that may draw each pair; a spent set is regenerated
         self.mapo_pairs_per_step: float | None = None  # pair rows added per step on average; None: batch size / 8
         self.mapo_cases_per_round: int | None = 100  # training cases per round; None: all
@@ -120,6 +122,8 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self._mapo_pair_generator = torch.Generator()
         self._mapo_pair_steps = 0  # training steps taken with a preference set (they schedule the pair counts)
         self._mapo_pair_reuse = PairReuse(0, None)  # draws per pair of the set in use (mapo_max_pair_uses)
+        self.mapo_reference_network: nn.Module | None = None  # the fixed reference policy ("first_round")
+        self._mapo_reference_file: str | None = None  # where it was written
         self._mapo_epoch_round: dict[str, float] = {}  # the metrics of the round run at this epoch's start
         self._mapo_set_reference: dict | None = None  # the file the set in use was written to
         self.mapo_step_stats: list[dict] = []  # MAPOLoss.last_stats of this epoch's steps
@@ -248,7 +252,10 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
                                    f"below mapo_start_dice {self.mapo_start_dice}.")
 
     def run_preference_round(self) -> PreferenceSet:
-        """Regenerates the preference set from the training cases with the current network as reference."""
+        """Regenerates the preference set from the training cases with the current network as policy (and, unless
+        the reference policy is fixed, as reference)."""
+        if self.mapo_reference_policy == "first_round" and self.mapo_reference_network is None:
+            self._fix_reference_network(unwrap(self.network).state_dict())
         self.mapo_preference_set, self._mapo_epoch_round = run_preference_round(self)
         self._mapo_pair_reuse = PairReuse(len(self.mapo_preference_set), self.mapo_max_pair_uses)
         self._mapo_set_reference = None
@@ -257,6 +264,18 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
                                                             self.mapo_preference_set.state_dict())
         self.mapo_round_index += 1
         return self.mapo_preference_set
+
+    def _fix_reference_network(self, weights: dict, written: str | None = None) -> None:
+        """Builds the fixed reference policy with ``weights`` (a copy of the network, eval mode, no gradients) and
+        writes them once (rank 0), unless they were read from ``written``."""
+        network = self.build_network_architecture(self.plans_manager, self.configuration_manager,
+                                                  self.num_input_channels, self.label_manager.num_segmentation_heads,
+                                                  self.enable_deep_supervision)
+        network.load_state_dict(weights)
+        self.mapo_reference_network = network.to(self.device).eval().requires_grad_(False)
+        self._mapo_reference_file = written
+        if written is None and self.local_rank == 0 and not self.disable_checkpointing:
+            self._mapo_reference_file = write_reference_network(self.output_folder, weights)
 
     # ---------------------------------------------------------------------------------------------- training
     def _next_pairs(self) -> PreferenceBatch | None:
@@ -278,14 +297,9 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         elif pairs is not None:  # the patches join the batch where it is; the loss needs the rest on the device
             batch = {**batch, "data": append_pair_rows(batch["data"], pairs)}
             pairs = pairs.to(self.device)
-        loss = self.loss
-        # nnU-Net's train_step calls self.loss(output, target) inside its autocast context
-        self.loss = functools.partial(loss, pairs=pairs, pair_logits=pair_logits)
-        try:
+        with self.loss.pairs_of_this_step(pairs, pair_logits):  # nnU-Net's step calls self.loss(output, target)
             result = super().train_step(batch)
-        finally:
-            self.loss = loss
-        self.mapo_step_stats.append(loss.last_stats)  # device tensors: read once, when the epoch ends
+        self.mapo_step_stats.append(self.loss.last_stats)  # device tensors: read once, when the epoch ends
         return result
 
     def _eval_mode_pair_logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -320,7 +334,8 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         if preference_set is None and self.mapo_preference_set is not None:  # not written to a file: inline
             preference_set = self.mapo_preference_set.state_dict()
         return trainer_state(self._mapo_pair_generator.get_state(), self.mapo_round_index, preference_set,
-                             self._mapo_pair_steps, self.mapo_settings(), self._mapo_pair_reuse.state_dict())
+                             self._mapo_pair_steps, self.mapo_settings(), self._mapo_pair_reuse.state_dict(),
+                             self._mapo_reference_file)
 
     def load_mapo_state_dict(self, state: dict, folder: str | None = None) -> None:
         """Restores :meth:`mapo_state_dict`.
@@ -344,6 +359,10 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
                                               self.mapo_max_pair_uses)
             if state.get("pair_uses") is not None:  # absent in states written by 0.8 and earlier: counts start at 0
                 self._mapo_pair_reuse.load_state_dict(state["pair_uses"])
+            if state.get("reference_network") is not None:
+                where = folder or self.output_folder
+                self._fix_reference_network(read_reference_network(where, state["reference_network"]),
+                                            written=state["reference_network"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise MAPOStateError(f"MAPO state is incomplete or inconsistent: {err}") from err
         if self.local_rank > 0:

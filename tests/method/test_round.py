@@ -361,3 +361,23 @@ def test_boundary_ranking_picks_y_plus_and_y_minus_by_the_surface_dice():
     reference, valid = split_target(torch.stack([target[key] for key in pairs.keys]), LABELS)
     scores = boundary_scores(torch.stack([pairs.chosen, pairs.rejected], 1), reference, valid, LABELS)
     assert (scores[:, 0] >= scores[:, 1] + 0.05 - 1e-6).all()  # the gap is in the boundary score, not in Dice
+
+
+def test_a_fixed_reference_network_gives_the_reference_log_likelihoods_and_nothing_else():
+    network = tiny_unet()
+    batches = label_batches(network)
+    reference = tiny_unet()
+    with torch.no_grad():
+        for parameter in reference.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))  # another network: other log-likelihoods
+    reference.eval()
+    own = generate(network, batches)
+    fixed = generate(network, batches, reference_network=reference)
+    assert torch.equal(fixed.chosen, own.chosen) and torch.equal(fixed.rejected, own.rejected)  # same pairs
+    torch.testing.assert_close(fixed.network_dice, own.network_dice)  # the diagnostic stays the policy's
+    ref_c, ref_r, _ = mask_log_likelihoods(clean_logits(reference, fixed.images.float()), fixed.chosen, fixed.rejected)
+    torch.testing.assert_close(fixed.reference_chosen_logps, ref_c, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(fixed.reference_rejected_logps, ref_r, atol=1e-4, rtol=1e-5)
+    assert not torch.allclose(fixed.reference_chosen_logps, own.reference_chosen_logps, atol=1e-3)
+    mirrored = generate(network, batches, reference_network=reference, mirror_axes=(0, 1))
+    torch.testing.assert_close(mirrored.reference_chosen_logps[:, 0], ref_c, atol=1e-4, rtol=1e-5)

@@ -196,6 +196,20 @@ def test_pairs_are_used_for_one_call_only():
     assert all(math.isnan(v) for v in mapo.last_stats.values())
 
 
+def test_pairs_of_this_step_reach_a_call_without_them_and_only_inside_the_block():
+    out, tgt, batch = outputs(BATCH + PAIRS), targets(), pairs()
+    mapo = pair_mean_loss(nnunet_loss(), make_preference(), weight=1.0)
+    explicit = mapo(out, tgt, pairs=batch)
+    with mapo.pairs_of_this_step(batch):
+        implicit = mapo(out, tgt)  # as nnU-Net's train_step calls it
+    torch.testing.assert_close(implicit, explicit)
+    plain = outputs(BATCH)
+    assert torch.equal(mapo(plain, tgt), nnunet_loss()(plain, tgt))  # after the block: no pairs
+    with pytest.raises(RuntimeError), mapo.pairs_of_this_step(batch):
+        raise RuntimeError("a failing step")
+    assert mapo._step_pairs == (None, None)  # cleared also when the step fails
+
+
 def test_empty_pairs_count_as_no_pairs():
     mapo = pair_mean_loss(nnunet_loss(), make_preference(), weight=1.0)
     plain, tgt = outputs(BATCH), targets()

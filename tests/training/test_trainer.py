@@ -205,6 +205,31 @@ def test_a_set_spent_by_the_reuse_bound_is_regenerated_at_the_next_epoch(make_tr
         trainer.on_train_end()
 
 
+def test_a_fixed_reference_is_the_network_of_the_first_round_and_survives_a_resume(make_trainer) -> None:
+    trainer = make_trainer(mapo_warmup_epochs=0, num_epochs=5, mapo_cases_per_round=4, mapo_num_hypotheses=4,
+                           mapo_pair_margin=0.0, mapo_reference_policy="first_round")
+    trainer.on_train_start()
+    try:
+        trainer.run_preference_round()
+        first = {k: v.clone() for k, v in trainer.mapo_reference_network.state_dict().items()}
+        assert all(torch.equal(first[k], v) for k, v in trainer.network.state_dict().items())
+        assert os.path.isfile(os.path.join(trainer.output_folder, "mapo_reference_network.pt"))
+        with torch.no_grad():  # training moves the policy ...
+            for parameter in trainer.network.parameters():
+                parameter.add_(0.01)
+        second = trainer.run_preference_round()
+        # ... but not the reference: the second round's reference log-likelihoods are the first network's
+        assert all(torch.equal(first[k], v) for k, v in trainer.mapo_reference_network.state_dict().items())
+        assert not any(p.requires_grad for p in trainer.mapo_reference_network.parameters())
+        other = make_trainer(fold=1, mapo_reference_policy="first_round")
+        other.initialize()
+        other.load_mapo_state_dict(trainer.mapo_state_dict(), folder=trainer.output_folder)
+        assert all(torch.equal(first[k], v.cpu()) for k, v in other.mapo_reference_network.state_dict().items())
+        assert len(other.mapo_preference_set) == len(second)
+    finally:
+        trainer.on_train_end()
+
+
 def test_dropout_only_trains_with_the_injected_dropout_and_runs_no_round(make_trainer) -> None:
     from nnunetv2_mapo.method.dropout import find_injector
     from nnunetv2_mapo.training.variants.dropout import nnUNetTrainerDropoutOnly

@@ -227,6 +227,8 @@ def test_hippocampus_few_cases(tmp_path: Path) -> None:
                                                             ("nnUNetTrainerMAPO_IPO", "mapo_beta", 0.6),
                                                             ("nnUNetTrainerMAPO_BoundaryRanked", "mapo_objectives",
                                                              "boundary"),
+                                                            ("nnUNetTrainerMAPO_FixedReference",
+                                                             "mapo_reference_policy", "first_round"),
                                                             ("nnUNetTrainerMAPO_GTAnchored", "mapo_pairing",
                                                              "ground_truth"),
                                                             ("nnUNetTrainerMAPO_GTOverPrediction", "mapo_pairing",
@@ -254,6 +256,8 @@ def test_loss_and_pair_variants_train_end_to_end(ws2d: Workspace, trainer: str, 
         assert logging["mapo_dice_rejected"][1] == pytest.approx(no_dropout)
         assert "the prediction without dropout for each of" in output
     assert math.isnan(no_dropout) if value == "simpo" else math.isfinite(no_dropout)  # SimPO: no reference pass
+    if setting == "mapo_reference_policy":  # written once at the first round, named by the final state
+        assert os.path.isfile(os.path.join(fold, "mapo_reference_network.pt"))
     if setting == "mapo_mirror_pairs":  # each pair's reference in all 4 views of a 2d patch, kept with the set
         sets = [torch.load(path, weights_only=True) for path in Path(fold, "mapo_sets").glob("*.pt")]
         assert all(s["views"] == [[], [0], [1], [0, 1]] and s["reference_chosen_logps"].shape == (len(s["keys"]), 4)
