@@ -115,17 +115,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the arguments of ``nnunetv2_mapo benchmark-compare`` to ``parser``."""
     parser.add_argument("folders", nargs="+", help="benchmark folders (WORKDIR/benchmarks/NAME) of one protocol")
     parser.add_argument("-o", "--output", default=None, help="also write the table to this markdown file")
+    parser.add_argument("--signature", default=None, metavar="PNG",
+                        help="also draw each variant's validation loss around its rounds beside the baseline's, its "
+                             "margin in nats per voxel and its reward accuracy (first seed) to this image")
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point: prints the table; 2 for folders that cannot be compared."""
     try:
         names = [os.path.basename(os.path.normpath(folder)) for folder in args.folders]
-        table = compare_table(load_results(args.folders), names)
+        results = load_results(args.folders)
+        table = compare_table(results, names)
     except CompareInputError as err:
         print(f"nnunetv2_mapo benchmark-compare: error: {err}", file=sys.stderr)
         return 2
     print(table)
+    if args.signature:
+        from nnunetv2_mapo.benchmark.plots import plot_round_signature
+
+        print(f"round signature: {plot_round_signature(results, names, args.signature)}")
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:
             handle.write(table + "\n")

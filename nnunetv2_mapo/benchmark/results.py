@@ -19,7 +19,8 @@ from nnunetv2_mapo.training.checkpointing import atomic_path
 from nnunetv2_mapo.training.gpu_memory import read_peak_gpu_memory
 
 EVALUATION_FILE = "benchmark_summary.json"
-CURVE_KEYS = ("mean_fg_dice", "ema_fg_dice", "train_losses", "val_losses")
+CURVE_KEYS = ("mean_fg_dice", "ema_fg_dice", "train_losses", "val_losses", "mapo_margin_nats", "mapo_reward_accuracy",
+              "mapo_regen_seconds")  # the MAPO keys are absent from the baseline's log
 OUTPUT_FILES = ("results.json", "results.md", "metrics.png", "training_curves.png")
 
 

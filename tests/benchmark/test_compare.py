@@ -81,3 +81,24 @@ def test_other_protocols_and_missing_results_are_refused(tmp_path: Path, capsys)
     assert main(["benchmark-compare", str(a), "-o", str(out)]) == 0
     assert out.read_text().strip() == capsys.readouterr().out.strip()
     assert "| nnUNetTrainerMAPO (a) |" in out.read_text()  # the command names rows by their folders
+
+
+def test_the_round_signature_is_drawn_from_the_runs_curves(tmp_path: Path, capsys) -> None:
+    nan = float("nan")
+    folders = []
+    for name, trainer in (("a", "nnUNetTrainerMAPO"), ("b", "nnUNetTrainerMAPO_DPO")):
+        folder = write(tmp_path / name, trainer, 0.82, 112.0)
+        results = json.loads((folder / "results.json").read_text())
+        results["trainers"] = [BASELINE_TRAINER, trainer]
+        results["runs"] = [
+            {"trainer": BASELINE_TRAINER, "curves": {"val_losses": [-0.1, -0.5, -0.6, -0.7]}},
+            {"trainer": trainer, "curves": {"val_losses": [-0.1, -0.5, -0.55, -0.6],
+                                            "mapo_margin_nats": [nan, 0.4, 1.1, 1.9],
+                                            "mapo_reward_accuracy": [nan, 0.6, 0.8, 1.0],
+                                            "mapo_regen_seconds": [nan, 2.0, nan, 2.1]}}]
+        (folder / "results.json").write_text(json.dumps(results))
+        folders.append(str(folder))
+    image = tmp_path / "signature.png"
+    assert main(["benchmark-compare", *folders, "--signature", str(image)]) == 0
+    assert f"round signature: {image}" in capsys.readouterr().out
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image.stat().st_size > 10_000
