@@ -28,3 +28,14 @@ def test_user_docs_cite_nothing_outside_the_repository() -> None:
         for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):  # relative links resolve in the repository
             base = DOCS.parent if name == "README.md" else DOCS
             assert (base / link).exists(), (name, link)
+
+
+def test_the_figures_the_readme_quotes_are_in_the_results_table_it_cites() -> None:
+    readme = (DOCS.parent / "README.md").read_text()
+    summary = readme.split("**What the evidence supports today**", 1)[1].split("## Quick start", 1)[0]
+    table = (DOCS / "benchmarks.md").read_text().split("## Every regime measured", 1)[1].split("\n## ", 1)[0]
+    quoted = re.findall(r"\[[-+]?\d+\.\d+, [-+]?\d+\.\d+\]|[-+]\d+(?:\.\d+)?%|[-+]\d+\.\d+(?= (?:Dice )?points)",
+                        summary)
+    assert len(quoted) >= 8  # the intervals, the relative HD95/ASD and the point differences of the summary
+    missing = [figure for figure in quoted if figure not in table]
+    assert not missing, f"README quotes {missing}, which the table of docs/benchmarks.md does not hold"

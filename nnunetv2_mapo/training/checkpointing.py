@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import re
 import tempfile
@@ -60,6 +61,13 @@ def atomic_path(target: str) -> Iterator[str]:
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def write_json(path: str, data: dict) -> None:
+    """Writes ``data`` as indented JSON, atomically."""
+    with atomic_path(path) as temporary:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2)
 
 
 def state_path(checkpoint: str, epoch: int) -> str:

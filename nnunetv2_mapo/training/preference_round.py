@@ -132,6 +132,17 @@ def run_preference_round(trainer: nnUNetTrainerMAPO) -> tuple[PreferenceSet, dic
     return preference_set, stats
 
 
+def frozen_copy(trainer: nnUNetTrainerMAPO, weights: dict) -> torch.nn.Module:
+    """The trainer's network architecture with ``weights``, on its device, in eval mode and without gradients: the
+    fixed reference policy of ``mapo_reference_policy = first_round`` (its injected dropout stays inactive)."""
+    network = trainer.build_network_architecture(trainer.plans_manager, trainer.configuration_manager,
+                                                 trainer.num_input_channels,
+                                                 trainer.label_manager.num_segmentation_heads,
+                                                 trainer.enable_deep_supervision)
+    network.load_state_dict(weights)
+    return network.to(trainer.device).eval().requires_grad_(False)
+
+
 def pair_mirror_axes(trainer: nnUNetTrainerMAPO) -> tuple[int, ...]:
     """The axes a round's pairs may be mirrored along: nnU-Net's inference mirror axes with ``mapo_mirror_pairs``
     (none when the trainer allows no mirroring, which the log says once)."""

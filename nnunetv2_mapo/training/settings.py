@@ -33,8 +33,15 @@ ENV_VAR = "nnUNet_mapo_config"
 
 
 
+ALLOW_CHANGED_SETTINGS_VAR = "nnUNet_mapo_allow_changed_settings"
+
+
 class MAPOConfigError(ValueError):
     """A MAPO setting (or the ``nnUNet_mapo_config`` variable) is invalid."""
+
+
+class MAPOSettingsChanged(RuntimeError):
+    """``--c`` with MAPO settings that differ from the checkpoint's, without the user's opt-in."""
 
 
 @dataclass(frozen=True)
@@ -308,3 +315,32 @@ def preference_loss_config(values: Mapping[str, Any]) -> PreferenceLossConfig:
         loss_type=values["mapo_loss_type"], beta=values["mapo_beta"], label_smoothing=values["mapo_label_smoothing"],
         target_margin=values["mapo_target_margin"], simpo_gamma=values["mapo_simpo_gamma"],
         dpop_lambda=values["mapo_dpop_lambda"], rpo_alpha=values["mapo_rpo_alpha"])
+
+
+def check_resumed_settings(saved: Mapping[str, Any], now: Mapping[str, Any], checkpoint: str,
+                           resuming: bool) -> str | None:
+    """Compares a checkpoint's MAPO settings with this run's.
+
+    Args:
+        saved: The settings the checkpoint's state recorded (settings added since are not compared).
+        now: The settings in effect.
+        checkpoint: The checkpoint's path, for the message.
+        resuming: Whether the run continues training (``--c``), not only reads the weights.
+
+    Returns:
+        ``"key: saved -> now, ..."`` for the settings that differ, or None.
+
+    Raises:
+        MAPOSettingsChanged: A setting differs while resuming, and ``nnUNet_mapo_allow_changed_settings`` is not set.
+    """
+    changed = {key: (value, now.get(key)) for key, value in saved.items() if now.get(key) != value}
+    if not changed:
+        return None
+    listing = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
+    if resuming and os.environ.get(ALLOW_CHANGED_SETTINGS_VAR, "") not in ("1", "true", "True"):
+        raise MAPOSettingsChanged(
+            f"{checkpoint} was trained with other MAPO settings than this run's ({listing}). --c continues the "
+            f"same training into the same folder, so a changed setting would silently change the experiment. "
+            f"Set them back (nnUNet_mapo_config or the trainer class), or set {ALLOW_CHANGED_SETTINGS_VAR}=1 to "
+            f"continue with the new values on purpose.")
+    return listing

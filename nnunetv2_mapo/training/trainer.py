@@ -31,7 +31,6 @@ from nnunetv2_mapo.method.schedule import PairReuse, pairs_for_step
 from nnunetv2_mapo.method.train_eval import eval_mode_forward, mode_dependent_modules
 from nnunetv2_mapo.training.checkpointing import (
     MAPOStateError,
-    atomic_path,
     load_state,
     read_preference_set,
     read_reference_network,
@@ -39,6 +38,7 @@ from nnunetv2_mapo.training.checkpointing import (
     remove_unreferenced_sets,
     save_with_state,
     trainer_state,
+    write_json,
     write_preference_set,
     write_reference_network,
 )
@@ -46,24 +46,20 @@ from nnunetv2_mapo.training.distributed import gather_step_stats
 from nnunetv2_mapo.training.gpu_memory import peak_gpu_memory_line
 from nnunetv2_mapo.training.loss import MAPOLoss, append_pair_rows, collate_step_stats
 from nnunetv2_mapo.training.metrics import LOG_KEYS, reduce_step_stats
-from nnunetv2_mapo.training.preference_round import run_preference_round
+from nnunetv2_mapo.training.preference_round import frozen_copy, run_preference_round
 from nnunetv2_mapo.training.progress import plot_mapo_progress
 from nnunetv2_mapo.training.settings import (
     ALL_SETTINGS,
+    ALLOW_CHANGED_SETTINGS_VAR,
     ENV_VAR,
+    MAPOSettingsChanged,
+    check_resumed_settings,
     config_from_environment,
     preference_loss_config,
     resolve_and_check,
 )
 
-__all__ = ["MAPOSettingsChanged", "MAPOUnsupportedError", "nnUNetTrainerMAPO"]
-
-
-ALLOW_CHANGED_SETTINGS_VAR = "nnUNet_mapo_allow_changed_settings"
-
-
-class MAPOSettingsChanged(RuntimeError):
-    """``--c`` with MAPO settings that differ from the checkpoint's, without the user's opt-in."""
+__all__ = ["ALLOW_CHANGED_SETTINGS_VAR", "MAPOSettingsChanged", "MAPOUnsupportedError", "nnUNetTrainerMAPO"]
 
 
 class MAPOUnsupportedError(RuntimeError):
@@ -197,9 +193,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
             record = {"trainer": type(self).__name__, "nnunetv2_mapo_version": __version__,
                       ENV_VAR: os.environ.get(ENV_VAR), "overrides_from_env": self.mapo_env_overrides,
                       "settings": self.mapo_settings()}
-            with atomic_path(join(self.output_folder, "mapo_config.json")) as temporary:
-                with open(temporary, "w", encoding="utf-8") as handle:
-                    json.dump(record, handle, indent=2)
+            write_json(join(self.output_folder, "mapo_config.json"), record)
         # Experiment trackers (nnU-Net's W&B logger when nnUNet_wandb_enabled=1) get the settings beside nnU-Net's.
         self.logger.update_config({"mapo_trainer": type(self).__name__, "nnunetv2_mapo_version": __version__,
                                    **self.mapo_settings()})
@@ -268,11 +262,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
     def _fix_reference_network(self, weights: dict, written: str | None = None) -> None:
         """Builds the fixed reference policy with ``weights`` (a copy of the network, eval mode, no gradients) and
         writes them once (rank 0), unless they were read from ``written``."""
-        network = self.build_network_architecture(self.plans_manager, self.configuration_manager,
-                                                  self.num_input_channels, self.label_manager.num_segmentation_heads,
-                                                  self.enable_deep_supervision)
-        network.load_state_dict(weights)
-        self.mapo_reference_network = network.to(self.device).eval().requires_grad_(False)
+        self.mapo_reference_network = frozen_copy(self, weights)
         self._mapo_reference_file = written
         if written is None and self.local_rank == 0 and not self.disable_checkpointing:
             self._mapo_reference_file = write_reference_network(self.output_folder, weights)
@@ -370,19 +360,10 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
 
     def _check_resumed_settings(self, state: dict, checkpoint: str) -> None:
         """Stops ``--c`` when the MAPO settings differ from the checkpoint's, unless the user opted in."""
-        now = self.mapo_settings()
-        changed = {k: (v, now.get(k)) for k, v in state.get("settings", {}).items() if now.get(k) != v}
-        if not changed:
-            return
-        listing = ", ".join(f"{k}: {saved!r} -> {current!r}" for k, (saved, current) in changed.items())
         resuming = os.path.basename(checkpoint) != "checkpoint_final.pth"  # --val and prediction just read weights
-        if resuming and os.environ.get(ALLOW_CHANGED_SETTINGS_VAR, "") not in ("1", "true", "True"):
-            raise MAPOSettingsChanged(
-                f"{checkpoint} was trained with other MAPO settings than this run's ({listing}). --c continues the "
-                f"same training into the same folder, so a changed setting would silently change the experiment. "
-                f"Set them back (nnUNet_mapo_config or the trainer class), or set {ALLOW_CHANGED_SETTINGS_VAR}=1 to "
-                f"continue with the new values on purpose.")
-        self.print_to_log_file(f"MAPO: settings differ from the checkpoint's (saved -> now): {listing}")
+        listing = check_resumed_settings(state.get("settings", {}), self.mapo_settings(), checkpoint, resuming)
+        if listing:
+            self.print_to_log_file(f"MAPO: settings differ from the checkpoint's (saved -> now): {listing}")
 
     def on_train_end(self):
         super().on_train_end()  # deletes checkpoint_latest.pth; its MAPO state goes with it
