@@ -18,6 +18,7 @@ _LAZY = {
     "nnUNetTrainerMAPO": "nnunetv2_mapo.training.trainer",
     "nnUNetTrainerMAPO_NoWarmup": "nnunetv2_mapo.training.variants.schedule",
     "nnUNetTrainerMAPO_FixedReference": "nnunetv2_mapo.training.variants.schedule",
+    "nnUNetTrainerMAPO_OnlinePairs": "nnunetv2_mapo.training.variants.schedule",
     "nnUNetTrainerMAPO_cDPO": "nnunetv2_mapo.training.variants.preference_loss",
     "nnUNetTrainerMAPO_DPO": "nnunetv2_mapo.training.variants.preference_loss",
     "nnUNetTrainerMAPO_TargetMargin": "nnunetv2_mapo.training.variants.preference_loss",

@@ -8,7 +8,8 @@ MAPO costs more than the baseline in two places, both counted in sample-passes (
   backward pass (K without the reference pass of reference-free losses; one, the prediction, when the ground truth
   is paired with the prediction). A forward pass is counted as a third of a forward-backward pass, the
   usual ratio for convolutional networks (the backward pass computes gradients for activations and weights).
-  A fixed reference policy (``mapo_reference_policy = first_round``) adds its own pass per case.
+  A fixed reference policy (``mapo_reference_policy = first_round``) adds its own pass per case. Online pairs
+  (``mapo_online_pairs``) run no rounds; each pair row costs the passes a round's case costs, at its step.
   With ``mapo_mirror_pairs`` each case also counts a reference pass per further mirrored view (2 ** spatial
   dimensions - 1), although only cases with a pair run them: the arm gets at least MAPO's compute.
 
@@ -69,9 +70,12 @@ def mapo_extra_iterations(total_epochs: int, first_epoch: int, iterations: int, 
     """
     resolved = mapo_schedule(total_epochs, settings, batch_size)
     cases = min(train_cases, resolved["mapo_cases_per_round"] or train_cases) * resolved["mapo_patches_per_case"]
-    rounds, pair_rows = simulate_rounds(range(max(first_epoch, resolved["mapo_warmup_epochs"]), total_epochs),
-                                        iterations * resolved["mapo_pairs_per_step"], resolved["mapo_regen_every"],
-                                        cases, resolved["mapo_max_pair_uses"])
+    epochs = range(max(first_epoch, resolved["mapo_warmup_epochs"]), total_epochs)
+    rounds, pair_rows = simulate_rounds(epochs, iterations * resolved["mapo_pairs_per_step"],
+                                        resolved["mapo_regen_every"], cases, resolved["mapo_max_pair_uses"])
+    if resolved["mapo_online_pairs"]:  # no rounds: every pair row is an item of a round of its own step
+        pair_rows = len(epochs) * iterations * resolved["mapo_pairs_per_step"]
+        rounds, cases = 1, pair_rows
     has_reference = resolved["mapo_loss_type"] not in REFERENCE_FREE_LOSS_TYPES
     with_prediction = resolved["mapo_pairing"] == "dropout_and_prediction"  # runs the pass without dropout anyway
     fixed_reference = has_reference and resolved["mapo_reference_policy"] == "first_round"  # its own pass

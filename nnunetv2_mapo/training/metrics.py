@@ -63,7 +63,8 @@ METRICS: tuple[Metric, ...] = (
            "rewards/accuracies"),
     Metric("mapo_skipped_steps", "step", "sum", "",
            "steps whose preference term was not finite and was left out (they trained on Dice+CE alone)"),
-    Metric("mapo_num_pairs", "set", "value", "preference set", "pairs in the preference set in use"),
+    Metric("mapo_num_pairs", "set", "value", "preference set",
+           "pairs in the preference set in use (mapo_online_pairs: the epoch's steps that drew pairs)"),
     Metric("mapo_dice_chosen", "round", "value", "round Dice of the pairs", "mean Dice of y+ over the round's pairs"),
     Metric("mapo_dice_rejected", "round", "value", "round Dice of the pairs", "mean Dice of y- over the round's pairs"),
     Metric("mapo_dice_no_dropout", "round", "value", "round Dice of the pairs",
@@ -120,3 +121,12 @@ def markdown_table() -> str:
                      "value": "every epoch" if m.source == "set" else "epochs with a round"}[m.reduction]
         rows.append(f"| `{m.key}` | {m.trl_name and f'`{m.trl_name}`'} | {m.source} | {per_epoch} | {m.meaning} |")
     return "\n".join(rows)
+
+
+def epoch_line(values: Mapping[str, float]) -> str:
+    """The epoch's line in nnU-Net's log, from its logged values."""
+    skipped = values["mapo_skipped_steps"]
+    return (f"MAPO: dpo_loss {values['mapo_dpo_loss']:.4f}, reward accuracy {values['mapo_reward_accuracy']:.3f}, "
+            f"margin {values['mapo_reward_margin']:.4f} ({values['mapo_margin_nats']:.4f} nats per voxel), pairs "
+            f"{int(values['mapo_num_pairs'])}"
+            + (f", {int(skipped)} steps skipped (non-finite DPO)" if skipped else ""))

@@ -8,6 +8,9 @@
 5. run the round (:func:`nnunetv2_mapo.method.round.generate_preference_set`) and gather the ranks' pairs;
 6. report it: the round metrics of :mod:`nnunetv2_mapo.training.metrics`, a line in nnU-Net's log and, on rank 0,
    a picture of a few of its pairs (``mapo_rounds/round_NNNN.png``, :mod:`.round_pictures`).
+
+With ``mapo_online_pairs`` there are no rounds: :func:`online_pairs` runs the same generation on a few rows of each
+training step's own batch.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from torch import distributed as dist
 from nnunetv2_mapo.method import PREDICTION_PAIRINGS, REFERENCE_FREE_LOSS_TYPES
 from nnunetv2_mapo.method.dropout import find_injector, unwrap
 from nnunetv2_mapo.method.objectives import objectives_of
-from nnunetv2_mapo.method.preference_set import PreferenceSet
+from nnunetv2_mapo.method.preference_set import PreferenceBatch, PreferenceSet
 from nnunetv2_mapo.method.round import RoundExamples, generate_preference_set
 from nnunetv2_mapo.training.distributed import (
     assert_same_on_all_ranks,
@@ -130,6 +133,30 @@ def run_preference_round(trainer: nnUNetTrainerMAPO) -> tuple[PreferenceSet, dic
                             f"MAPO round {preference_set.round_index} (epoch {preference_set.epoch}): "
                             f"{len(preference_set)} pairs from {preference_set.num_items} items")
     return preference_set, stats
+
+
+def online_pairs(trainer: nnUNetTrainerMAPO, batch: dict, count: int) -> PreferenceBatch | None:
+    """Pairs drawn fresh from a training step's own batch (``mapo_online_pairs``), each used by that step only.
+
+    The last ``count`` rows of the augmented batch (nnU-Net's loader centres the last third of a batch on
+    foreground) get K dropout hypotheses, their scores against the rows' own targets, a pair where the gap allows,
+    and the reference log-likelihoods of the network as it is now: the round of :func:`run_preference_round`, on
+    ``count`` patches, at every step.
+
+    Returns:
+        The pairs (on the CPU), or None when no row gave one.
+    """
+    target = batch["target"][0] if isinstance(batch["target"], (list, tuple)) else batch["target"]
+    rows = {"data": batch["data"][-count:], "target": target[-count:], "keys": list(batch["keys"])[-count:]}
+    generator = torch.Generator(device=trainer.device)
+    generator.manual_seed(trainer.mapo_seed + 1000003 * trainer._mapo_pair_steps + trainer.local_rank)
+    found = generate_preference_set(
+        unwrap(trainer.network), find_injector(trainer.network), [rows], trainer.label_manager,
+        trainer.mapo_num_hypotheses, trainer.mapo_dropout_rates, trainer.mapo_pair_margin, count, trainer.device,
+        generator, trainer.mapo_round_index, trainer.current_epoch,
+        reference_pass=trainer.mapo_loss_type not in REFERENCE_FREE_LOSS_TYPES, pairing=trainer.mapo_pairing,
+        objectives=objectives_of(trainer.mapo_objectives), reference_network=trainer.mapo_reference_network)
+    return found.take(torch.arange(len(found)), trainer._mapo_pair_generator) if len(found) else None
 
 
 def frozen_copy(trainer: nnUNetTrainerMAPO, weights: dict) -> torch.nn.Module:

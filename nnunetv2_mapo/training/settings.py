@@ -118,6 +118,9 @@ MAPO_SETTINGS: tuple[Setting, ...] = (
     Setting("mapo_reference_policy", "str", f"one of {list(REFERENCE_POLICIES)}", lambda v: v in REFERENCE_POLICIES,
             "round", "the reference policy: the network at each round ('round', the paper) or at the first round, kept "
                      "for the whole training ('first_round'; one more forward pass per case and round)"),
+    Setting("mapo_online_pairs", "bool", "true or false", lambda v: True, False,
+            "no rounds: each step draws its pairs fresh from its own (augmented) batch, each pair used once; "
+            "mapo_pairs_per_step rows of the batch get K hypotheses each at every step"),
     Setting("mapo_max_pair_uses", "optional_int", "an integer >= 1, or null (no bound)",
             lambda v: v is None or v >= 1, 4,
             "training steps that may draw each pair; a spent set is regenerated at the next epoch's start"),
@@ -344,3 +347,19 @@ def check_resumed_settings(saved: Mapping[str, Any], now: Mapping[str, Any], che
             f"Set them back (nnUNet_mapo_config or the trainer class), or set {ALLOW_CHANGED_SETTINGS_VAR}=1 to "
             f"continue with the new values on purpose.")
     return listing
+
+
+def describe_schedule(values: Mapping[str, Any], train_cases: int, optimum_margin: float) -> str:
+    """The trainer's log line that says what MAPO will do, from the resolved settings ``values``."""
+    if values["mapo_online_pairs"]:
+        rounds = "then pairs drawn from each step's own batch (no rounds)"
+    else:
+        cases = min(train_cases, values["mapo_cases_per_round"] or train_cases)
+        rounds = (f"then a preference round when the set is spent or after {values['mapo_regen_every']} epochs "
+                  f"({cases} cases x {values['mapo_num_hypotheses']} hypotheses)")
+    gate = f" and an EMA pseudo Dice of {values['mapo_start_dice']}" if values["mapo_start_dice"] > 0 else ""
+    uses = values["mapo_max_pair_uses"] or "any number of"
+    return (f"MAPO: warm-up {values['mapo_warmup_epochs']} epochs{gate}, {rounds}, {values['mapo_pairs_per_step']:g} "
+            f"pairs per step on average, each drawn by at most {uses} steps; "
+            f"loss {values['mapo_loss_type']} (beta {values['mapo_beta']}, stops at {optimum_margin:.3g} nats per "
+            f"voxel), weight {values['mapo_weight']}, sized by {values['mapo_term_scale']}.")

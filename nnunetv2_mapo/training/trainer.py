@@ -45,8 +45,8 @@ from nnunetv2_mapo.training.checkpointing import (
 from nnunetv2_mapo.training.distributed import gather_step_stats
 from nnunetv2_mapo.training.gpu_memory import peak_gpu_memory_line
 from nnunetv2_mapo.training.loss import MAPOLoss, append_pair_rows, collate_step_stats
-from nnunetv2_mapo.training.metrics import LOG_KEYS, reduce_step_stats
-from nnunetv2_mapo.training.preference_round import frozen_copy, run_preference_round
+from nnunetv2_mapo.training.metrics import LOG_KEYS, epoch_line, reduce_step_stats
+from nnunetv2_mapo.training.preference_round import frozen_copy, online_pairs, run_preference_round
 from nnunetv2_mapo.training.progress import plot_mapo_progress
 from nnunetv2_mapo.training.settings import (
     ALL_SETTINGS,
@@ -55,6 +55,7 @@ from nnunetv2_mapo.training.settings import (
     MAPOSettingsChanged,
     check_resumed_settings,
     config_from_environment,
+    describe_schedule,
     preference_loss_config,
     resolve_and_check,
 )
@@ -99,6 +100,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self.mapo_dpop_lambda = 10.0  # DPO-Positive's penalty (loss type "dpop")
         self.mapo_rpo_alpha = 1.0  # RPO's weight of y+'s negative log-likelihood per voxel (loss type "rpo")
         self.mapo_reference_policy = "round"  # the reference: the network at each round; or "first_round"
+        self.mapo_online_pairs = False  # no rounds: each step's pairs come from its own batch, each used once
         self.mapo_max_pair_uses: int | None = 4  # steps that may draw each pair; a spent set is regenerated
         self.mapo_pairs_per_step: float | None = None  # pair rows added per step on average; None: batch size / 8
         self.mapo_cases_per_round: int | None = 100  # training cases per round; None: all
@@ -198,15 +200,8 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self.logger.update_config({"mapo_trainer": type(self).__name__, "nnunetv2_mapo_version": __version__,
                                    **self.mapo_settings()})
         self.print_to_log_file("MAPO settings: " + json.dumps(self.mapo_settings()), also_print_to_console=False)
-        self.print_to_log_file(
-            f"MAPO: warm-up {self.mapo_warmup_epochs} epochs"
-            f"{f' and an EMA pseudo Dice of {self.mapo_start_dice}' if self.mapo_start_dice > 0 else ''}, "
-            f"then a preference round when the set is spent or after {self.mapo_regen_every} "
-            f"epochs ({min(len(self.mapo_train_keys), self.mapo_cases_per_round or 10**9)} cases x "
-            f"{self.mapo_num_hypotheses} hypotheses), {self.mapo_pairs_per_step:g} pairs per step on average, "
-            f"each drawn by at most {self.mapo_max_pair_uses or 'any number of'} steps; loss {self.mapo_loss_type} "
-            f"(beta {self.mapo_beta}, stops at {self.loss.preference_loss.config.optimum_margin:.3g} nats per voxel), "
-            f"weight {self.mapo_weight}, sized by {self.mapo_term_scale}.")
+        self.print_to_log_file(describe_schedule(self.mapo_settings(), len(self.mapo_train_keys),
+                                                 self.loss.preference_loss.config.optimum_margin))
 
     def do_split(self):
         train_keys, val_keys = super().do_split()
@@ -218,11 +213,15 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         """Whether a preference round runs at the start of ``epoch``: the first after the warm-up, once the network
         segments well enough (``mapo_start_dice``), then once the set in use is spent (``mapo_max_pair_uses``) or
         ``mapo_regen_every`` epochs after the last round, whichever comes first."""
-        if epoch < self.mapo_warmup_epochs:
+        if epoch < self.mapo_warmup_epochs or self.mapo_online_pairs:
             return False
         if self.mapo_preference_set is None:
             return self.mapo_network_ready()
         return self._mapo_pair_reuse.spent or epoch - self.mapo_preference_set.epoch >= self.mapo_regen_every
+
+    def mapo_round_due_online(self) -> bool:
+        """With ``mapo_online_pairs``: whether this epoch's steps draw pairs (after the warm-up and the gate)."""
+        return self.current_epoch >= self.mapo_warmup_epochs and self.mapo_network_ready()
 
     def mapo_network_ready(self) -> bool:
         """nnU-Net's EMA pseudo Dice of the last epoch has reached ``mapo_start_dice`` (always, when that is 0).
@@ -268,18 +267,19 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
             self._mapo_reference_file = write_reference_network(self.output_folder, weights)
 
     # ---------------------------------------------------------------------------------------------- training
-    def _next_pairs(self) -> PreferenceBatch | None:
-        if self.mapo_preference_set is None or len(self.mapo_preference_set) == 0 or self.mapo_weight == 0:
-            return None
+    def _next_pairs(self, batch: dict | None = None) -> PreferenceBatch | None:
+        online = self.mapo_online_pairs and batch is not None and self.mapo_round_due_online()
+        if self.mapo_weight == 0 or not (online or (self.mapo_preference_set and not self.mapo_online_pairs)):
+            return None  # no term, or no pairs yet (a set of 0 pairs is falsy)
         count = pairs_for_step(self.mapo_pairs_per_step, self._mapo_pair_steps)
         self._mapo_pair_steps += 1
+        if online:  # pairs from the step's own batch, after the warm-up and the gate
+            return online_pairs(self, batch, min(count, len(batch["data"]))) if count else None
         index = self._mapo_pair_reuse.draw(count, self._mapo_pair_generator)
-        if len(index) == 0:  # no pair this step, or the set is spent
-            return None
-        return self.mapo_preference_set.take(index, self._mapo_pair_generator)
+        return self.mapo_preference_set.take(index, self._mapo_pair_generator) if len(index) else None
 
     def train_step(self, batch: dict) -> dict:
-        pairs = self._next_pairs()
+        pairs = self._next_pairs(batch)
         pair_logits = None
         if pairs is not None and self.mapo_pair_pass_in_eval_mode:
             pairs = pairs.to(self.device)
@@ -302,13 +302,11 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         super().on_train_epoch_end(train_outputs)
         step_stats = gather_step_stats(collate_step_stats(self.mapo_step_stats))
         values = dict.fromkeys(LOG_KEYS, math.nan) | self._mapo_epoch_round
-        if self.mapo_preference_set is not None:
-            values |= reduce_step_stats(step_stats) | {"mapo_num_pairs": float(len(self.mapo_preference_set))}
-            self.print_to_log_file(
-                f"MAPO: dpo_loss {values['mapo_dpo_loss']:.4f}, reward accuracy {values['mapo_reward_accuracy']:.3f}, "
-                f"margin {values['mapo_reward_margin']:.4f}, pairs {int(values['mapo_num_pairs'])}"
-                + (f", {int(values['mapo_skipped_steps'])} steps skipped (non-finite DPO)"
-                   if values["mapo_skipped_steps"] else ""))
+        if self.mapo_preference_set is not None or (self.mapo_online_pairs and self.mapo_round_due_online()):
+            in_set = len(self.mapo_preference_set) if self.mapo_preference_set is not None else \
+                sum(math.isfinite(float(v)) for v in step_stats["mapo_dpo_loss"])  # online: the steps with pairs
+            values |= reduce_step_stats(step_stats) | {"mapo_num_pairs": float(in_set)}
+            self.print_to_log_file(epoch_line(values))
         for key, value in values.items():
             self.logger.log(key, value, self.current_epoch)
 

@@ -64,3 +64,9 @@ def test_defaults_are_the_trainers() -> None:
 def test_no_epoch_to_train_is_refused() -> None:
     with pytest.raises(ValueError, match="No epoch"):
         equal_compute_iterations(10, 10, 20, 8, 30, SETTINGS)
+
+
+def test_online_pairs_cost_their_rows_and_a_round_per_row() -> None:
+    # 8 epochs x 20 steps x 1 pair row; each row also ran K + 1 = 6 forward passes at its step
+    online = SETTINGS | {"mapo_online_pairs": True}
+    assert mapo_extra_iterations(10, 0, 20, 8, 30, online) == pytest.approx((160 + 160 * 6 / 3) / 8)

@@ -230,6 +230,30 @@ def test_a_fixed_reference_is_the_network_of_the_first_round_and_survives_a_resu
         trainer.on_train_end()
 
 
+def test_online_pairs_come_from_the_steps_own_batch_and_no_round_runs(make_trainer) -> None:
+    trainer = make_trainer(mapo_warmup_epochs=0, num_epochs=5, mapo_num_hypotheses=4, mapo_pair_margin=0.0,
+                           mapo_pairs_per_step=2, mapo_online_pairs=True)
+    trainer.on_train_start()
+    try:
+        assert not any(trainer.mapo_round_due(epoch) for epoch in range(5))
+        batch = next(trainer.dataloader_train)
+        pairs = trainer._next_pairs(batch)
+        assert pairs is not None and 1 <= len(pairs) <= 2
+        # the pairs' patches are the last rows of the batch (rounded to the float16 a set stores)
+        last = batch["data"][-2:].half().float()
+        assert all(any(torch.equal(image, row) for row in last) for image in pairs.images)
+        trainer.network.train()
+        trainer.mapo_step_stats = []
+        result = trainer.train_step(next(trainer.dataloader_train))
+        stats = {k: float(v) for k, v in trainer.mapo_step_stats[-1].items()}
+        assert abs(stats["mapo_rewards_chosen"]) < 1e-3  # reference = the network of this very step
+        trainer.on_train_epoch_end([result])
+        assert trainer.mapo_preference_set is None and trainer.mapo_round_index == 0
+        assert trainer.logger.get_value("mapo_num_pairs", step=-1) == 1  # the one step of the epoch with pairs
+    finally:
+        trainer.on_train_end()
+
+
 def test_dropout_only_trains_with_the_injected_dropout_and_runs_no_round(make_trainer) -> None:
     from nnunetv2_mapo.method.dropout import find_injector
     from nnunetv2_mapo.training.variants.dropout import nnUNetTrainerDropoutOnly

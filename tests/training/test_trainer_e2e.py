@@ -274,3 +274,13 @@ def test_dropout_only_ablation_trains_end_to_end_without_rounds(ws2d: Workspace)
     assert all(math.isnan(v) for v in logging["mapo_num_pairs"] + logging["mapo_dpo_loss"])
     assert all(math.isfinite(v) for v in logging["train_losses"])
     assert os.path.isfile(os.path.join(fold, "validation", "summary.json"))  # predicted like any nnU-Net model
+
+
+def test_online_pairs_train_end_to_end_without_rounds(ws2d: Workspace) -> None:
+    trainer = "nnUNetTrainerMAPO_OnlinePairs"
+    output = ws2d.train(901, "2d", 4, trainer, "cpu", TINY | {"num_epochs": 2, "mapo_pair_margin": 0.0})
+    fold = ws2d.output_folder(901, trainer, "2d", 4)
+    assert "MAPO round" not in output and "pairs drawn from each step's own batch" in output
+    logging = _checkpoint(os.path.join(fold, "checkpoint_final.pth"))["logging"]
+    assert logging["mapo_num_pairs"][1] > 0 and math.isfinite(logging["mapo_dpo_loss"][1])  # the term ran
+    assert math.isnan(logging["mapo_regen_seconds"][1])  # no round

@@ -6,7 +6,7 @@ import torch
 
 from nnunetv2_mapo.training.trainer import nnUNetTrainerMAPO
 
-__all__ = ["nnUNetTrainerMAPO_FixedReference", "nnUNetTrainerMAPO_NoWarmup"]
+__all__ = ["nnUNetTrainerMAPO_FixedReference", "nnUNetTrainerMAPO_NoWarmup", "nnUNetTrainerMAPO_OnlinePairs"]
 
 
 class nnUNetTrainerMAPO_NoWarmup(nnUNetTrainerMAPO):
@@ -28,3 +28,13 @@ class nnUNetTrainerMAPO_FixedReference(nnUNetTrainerMAPO):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.mapo_reference_policy = "first_round"
+
+
+class nnUNetTrainerMAPO_OnlinePairs(nnUNetTrainerMAPO):
+    """No preference rounds: every step draws its pairs fresh from its own augmented batch (K dropout hypotheses for
+    ``mapo_pairs_per_step`` of its rows), and each pair is used by that step only: the limit of the reuse bound."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.mapo_online_pairs = True
