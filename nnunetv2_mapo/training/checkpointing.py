@@ -229,14 +229,19 @@ def read_preference_set(output_folder: str, reference: dict) -> dict:
     """
     if "file" not in reference:  # states written before 0.4.0 hold the set itself
         return reference
-    path = os.path.join(output_folder, SET_FOLDER, os.path.basename(reference["file"]))
+    return _read_named_file(os.path.join(output_folder, SET_FOLDER, os.path.basename(reference["file"])),
+                            "the preference set")
+
+
+def _read_named_file(path: str, what: str) -> dict:
+    """A file a MAPO state names, read without executing code; a missing or unreadable one is a MAPOStateError."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as err:
-        raise MAPOStateError(f"The MAPO state names the preference set {path}, which is missing. Restore it from a "
-                             f"copy of the fold's folder, or start a new training.") from err
+        raise MAPOStateError(f"The MAPO state names {what} {path}, which is missing. Restore it from a copy of the "
+                             f"fold's folder, or start a new training.") from err
     except Exception as err:
-        raise MAPOStateError(f"Cannot read the preference set {path}: {type(err).__name__}: {err}.") from err
+        raise MAPOStateError(f"Cannot read {what} {path}: {type(err).__name__}: {err}.") from err
 
 
 def remove_unreferenced_sets(output_folder: str) -> None:
@@ -272,11 +277,4 @@ def read_reference_network(output_folder: str, name: str) -> dict:
     Raises:
         MAPOStateError: The file is missing or unreadable.
     """
-    path = os.path.join(output_folder, os.path.basename(name))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise MAPOStateError(f"The MAPO state names the fixed reference network {path}, which is missing. Restore it "
-                             f"from a copy of the fold's folder, or start a new training.") from err
-    except Exception as err:
-        raise MAPOStateError(f"Cannot read the reference network {path}: {type(err).__name__}: {err}.") from err
+    return _read_named_file(os.path.join(output_folder, os.path.basename(name)), "the fixed reference network")

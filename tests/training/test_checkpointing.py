@@ -295,3 +295,16 @@ def test_checkpoint_names_with_glob_characters(tmp_path):
     assert sorted(os.listdir(folder)) == ["checkpoint_latest.pth", "checkpoint_latest.pth.mapo_e000002.pt"]
     with pytest.raises(MAPOStateError, match="other epochs"):
         load_state(checkpoint, 1)
+
+
+def test_a_fixed_reference_network_is_written_once_and_read_back_or_refused_clearly(tmp_path) -> None:
+    from nnunetv2_mapo.training.checkpointing import read_reference_network, write_reference_network
+
+    weights = {"layer.weight": torch.arange(6.0).reshape(2, 3)}
+    name = write_reference_network(str(tmp_path), weights)
+    assert torch.equal(read_reference_network(str(tmp_path), name)["layer.weight"], weights["layer.weight"])
+    with pytest.raises(MAPOStateError, match="fixed reference network .* which is missing"):
+        read_reference_network(str(tmp_path / "elsewhere"), name)
+    (tmp_path / name).write_bytes(b"not a torch file")
+    with pytest.raises(MAPOStateError, match="Cannot read the fixed reference network"):
+        read_reference_network(str(tmp_path), name)
