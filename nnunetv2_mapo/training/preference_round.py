@@ -195,8 +195,8 @@ def report_round(trainer: nnUNetTrainerMAPO, preference_set: PreferenceSet, stat
     if len(preference_set):
         trainer.print_to_log_file(
             f"MAPO round {preference_set.round_index}: {len(preference_set)} pairs from "
-            f"{preference_set.num_items} items ({preference_set.num_items - len(preference_set)} without a Dice "
-            f"gap >= {margin}); Dice chosen {stats['mapo_dice_chosen']:.4f}, rejected "
+            f"{preference_set.num_items} items ({preference_set.num_items - len(preference_set)} without a gap "
+            f">= {margin} in the ranking's score); Dice chosen {stats['mapo_dice_chosen']:.4f}, rejected "
             f"{stats['mapo_dice_rejected']:.4f}, gap {stats['mapo_dice_gap']:.4f}; without dropout "
             f"{stats['mapo_dice_no_dropout']:.4f} (y+ better on {preference_set.chosen_beats_network:.0%} of the "
             f"pairs); {seconds:.1f} s")
