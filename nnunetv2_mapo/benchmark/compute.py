@@ -71,11 +71,12 @@ def mapo_extra_iterations(total_epochs: int, first_epoch: int, iterations: int, 
     resolved = mapo_schedule(total_epochs, settings, batch_size)
     cases = min(train_cases, resolved["mapo_cases_per_round"] or train_cases) * resolved["mapo_patches_per_case"]
     epochs = range(max(first_epoch, resolved["mapo_warmup_epochs"]), total_epochs)
-    rounds, pair_rows = simulate_rounds(epochs, iterations * resolved["mapo_pairs_per_step"],
-                                        resolved["mapo_regen_every"], cases, resolved["mapo_max_pair_uses"])
     if resolved["mapo_online_pairs"]:  # no rounds: every pair row is an item of a round of its own step
         pair_rows = len(epochs) * iterations * resolved["mapo_pairs_per_step"]
         rounds, cases = 1, pair_rows
+    else:
+        rounds, pair_rows = simulate_rounds(epochs, iterations * resolved["mapo_pairs_per_step"],
+                                            resolved["mapo_regen_every"], cases, resolved["mapo_max_pair_uses"])
     has_reference = resolved["mapo_loss_type"] not in REFERENCE_FREE_LOSS_TYPES
     with_prediction = resolved["mapo_pairing"] == "dropout_and_prediction"  # runs the pass without dropout anyway
     fixed_reference = has_reference and resolved["mapo_reference_policy"] == "first_round"  # its own pass

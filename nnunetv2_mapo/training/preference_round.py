@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from time import time
 from typing import TYPE_CHECKING
 
@@ -112,13 +112,9 @@ def run_preference_round(trainer: nnUNetTrainerMAPO) -> tuple[PreferenceSet, dic
     examples = RoundExamples(trainer.mapo_round_pictures) if trainer.local_rank == 0 else None
     assert_same_on_all_ranks(parameters_fingerprint(network), "network parameters at a MAPO round")  # step 4
     try:
-        preference_set = generate_preference_set(  # step 5
-            network, find_injector(trainer.network), round_batches(trainer, keys, items_per_forward),
-            trainer.label_manager, trainer.mapo_num_hypotheses, trainer.mapo_dropout_rates, trainer.mapo_pair_margin,
-            items_per_forward, trainer.device, generator, trainer.mapo_round_index, trainer.current_epoch, examples,
-            reference_pass=trainer.mapo_loss_type not in REFERENCE_FREE_LOSS_TYPES, pairing=trainer.mapo_pairing,
-            objectives=objectives_of(trainer.mapo_objectives), mirror_axes=pair_mirror_axes(trainer),
-            reference_network=trainer.mapo_reference_network)
+        preference_set = generate_with_settings(  # step 5
+            trainer, round_batches(trainer, keys, items_per_forward), items_per_forward, generator, examples,
+            mirror_axes=pair_mirror_axes(trainer))
     finally:
         np.random.set_state(numpy_state)
     preference_set = gather_preference_set(preference_set)  # all ranks end with the same set
@@ -150,13 +146,22 @@ def online_pairs(trainer: nnUNetTrainerMAPO, batch: dict, count: int) -> Prefere
     rows = {"data": batch["data"][-count:], "target": target[-count:], "keys": list(batch["keys"])[-count:]}
     generator = torch.Generator(device=trainer.device)
     generator.manual_seed(trainer.mapo_seed + 1000003 * trainer._mapo_pair_steps + trainer.local_rank)
-    found = generate_preference_set(
-        unwrap(trainer.network), find_injector(trainer.network), [rows], trainer.label_manager,
-        trainer.mapo_num_hypotheses, trainer.mapo_dropout_rates, trainer.mapo_pair_margin, count, trainer.device,
-        generator, trainer.mapo_round_index, trainer.current_epoch,
-        reference_pass=trainer.mapo_loss_type not in REFERENCE_FREE_LOSS_TYPES, pairing=trainer.mapo_pairing,
-        objectives=objectives_of(trainer.mapo_objectives), reference_network=trainer.mapo_reference_network)
+    found = generate_with_settings(trainer, [rows], count, generator)
     return found.take(torch.arange(len(found)), trainer._mapo_pair_generator) if len(found) else None
+
+
+def generate_with_settings(trainer: nnUNetTrainerMAPO, batches: Iterable[dict], items_per_forward: int,
+                           generator: torch.Generator, examples: RoundExamples | None = None,
+                           mirror_axes: tuple[int, ...] = ()) -> PreferenceSet:
+    """:func:`~nnunetv2_mapo.method.round.generate_preference_set` on ``batches`` with the trainer's network and
+    settings: the one place that turns the trainer's settings into the round's arguments."""
+    return generate_preference_set(
+        unwrap(trainer.network), find_injector(trainer.network), batches, trainer.label_manager,
+        trainer.mapo_num_hypotheses, trainer.mapo_dropout_rates, trainer.mapo_pair_margin, items_per_forward,
+        trainer.device, generator, trainer.mapo_round_index, trainer.current_epoch, examples,
+        reference_pass=trainer.mapo_loss_type not in REFERENCE_FREE_LOSS_TYPES, pairing=trainer.mapo_pairing,
+        objectives=objectives_of(trainer.mapo_objectives), mirror_axes=mirror_axes,
+        reference_network=trainer.mapo_reference_network)
 
 
 def frozen_copy(trainer: nnUNetTrainerMAPO, weights: dict) -> torch.nn.Module:

@@ -334,8 +334,8 @@ def test_an_unknown_scale_is_refused() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ gradient sizing
-def one_pair_step(batch_rows: int, disagree: int, config: PreferenceLossConfig, weight: float,
-                  pair_count: int = 1, size: int = SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+def one_pair_step(batch_rows: int, disagree: int, config: PreferenceLossConfig, weight: float, pair_count: int = 1,
+                  size: int = SIZE, scale: str = "voxel_gradient") -> tuple[torch.Tensor, torch.Tensor]:
     """A step at a round's start (reference = policy): the pair rows' logit gradients and their disagreement."""
     generator = torch.Generator().manual_seed(disagree)
     logits = torch.randn(batch_rows + pair_count, CLASSES, size, size, generator=generator)
@@ -347,7 +347,7 @@ def one_pair_step(batch_rows: int, disagree: int, config: PreferenceLossConfig, 
     batch = PreferenceBatch(torch.zeros(pair_count, 1, size, size), chosen, rejected, None, ref_c, ref_r)
     logits.requires_grad_()
     target = torch.randint(0, CLASSES, (batch_rows, 1, size, size), generator=generator).float()
-    loss = MAPOLoss(nnunet_loss(deep_supervision=False), PreferenceLoss(config), weight)
+    loss = MAPOLoss(nnunet_loss(deep_supervision=False), PreferenceLoss(config), weight, scale=scale)
     loss(logits, target, pairs=batch).backward()
     return logits.grad[batch_rows:], chosen != rejected
 
@@ -387,26 +387,10 @@ def test_pair_mean_sizing_grows_with_beta_and_shrinks_with_the_disagreement() ->
     ce = largest_cross_entropy_gradient(32)
     ratios = []
     for disagree in (1, 100):
-        logits_grad, mask = _pair_mean_gradient(32, disagree)
+        logits_grad, mask = one_pair_step(32, disagree, PreferenceLossConfig("sigmoid", 0.1), 0.5, scale="pair_mean")
         ratios.append(float(logits_grad.abs().amax(1)[mask].max()) / ce)
     assert ratios[0] == pytest.approx(100 * ratios[1], rel=1e-3)
     assert ratios[1] > 1  # at |D| = 100 of a 16 x 16 patch still above cross-entropy's largest gradient
-
-
-def _pair_mean_gradient(batch_rows: int, disagree: int) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    logits = torch.randn(batch_rows + 1, CLASSES, SIZE, SIZE, generator=generator)
-    chosen = torch.zeros(1, SIZE, SIZE, dtype=torch.long)
-    rejected = chosen.clone().flatten(1)
-    rejected[:, :disagree] = 1
-    rejected = rejected.reshape(chosen.shape)
-    ref_c, ref_r, _ = mask_log_likelihoods(logits[batch_rows:], chosen, rejected)
-    logits.requires_grad_()
-    target = torch.zeros(batch_rows, 1, SIZE, SIZE)
-    loss = pair_mean_loss(nnunet_loss(deep_supervision=False), make_preference(0.1), 0.5)
-    loss(logits, target, pairs=PreferenceBatch(torch.zeros(1, 1, SIZE, SIZE), chosen, rejected, None, ref_c,
-                                               ref_r)).backward()
-    return logits.grad[batch_rows:], chosen != rejected
 
 
 # ------------------------------------------------------------------------------------------------ host synchronisation
