@@ -9,7 +9,7 @@ variants), :mod:`.evaluation`, :mod:`.benchmark` and :mod:`.commands` (the ``nnu
 
 from nnunetv2_mapo import discovery as _discovery
 
-__version__ = "0.9.0"
+__version__ = "0.10.0"
 
 _discovery.autoregister()
 

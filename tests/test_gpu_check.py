@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -23,3 +24,12 @@ def test_without_cuda_it_stops_before_copying_anything(tmp_path: Path) -> None:
     dataset.mkdir()
     result = subprocess.run(["bash", str(SCRIPT), str(dataset)], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "torch sees no CUDA device" in result.stderr
+
+
+def test_a_bad_rehearsal_budget_is_refused_before_any_work(tmp_path: Path) -> None:
+    dataset = tmp_path / "Dataset004_Hippocampus"
+    dataset.mkdir()
+    for name, value in (("GPU_CHECK_ITERATIONS", "abc"), ("GPU_CHECK_ROUND_CASES", "0")):
+        result = subprocess.run(["bash", str(SCRIPT), str(dataset)], capture_output=True, text=True, timeout=60,
+                                env={**os.environ, name: value})
+        assert result.returncode == 2 and f"got '{value}'" in result.stderr

@@ -59,4 +59,5 @@ Modules:
   processes
 - :mod:`.cli`: the command's arguments
 - :mod:`.compare`: ``nnunetv2_mapo benchmark-compare``, several variants' benchmarks in one table
+- :mod:`.regimes`: the overview table of every regime measured (``benchmark-compare --regimes``)
 """

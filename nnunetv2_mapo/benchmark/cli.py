@@ -68,6 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-file", default=None,
                         help="the same with a given split: JSON {\"train\": [...], \"val\": [...]} or nnU-Net's "
                              "splits_final.json layout (its first fold)")
+    parser.add_argument("--group-pattern", default=None, metavar="REGEX",
+                        help="with --train-cases or --split-file: the first group of REGEX, matched at the start of "
+                             "a case identifier, names its group (video sequence, slide, patient); every group stays "
+                             "on one side of the split (--train-cases then draws whole groups)")
 
 
 def spec_from_args(args: argparse.Namespace) -> BenchmarkSpec:
@@ -89,7 +93,7 @@ def spec_from_args(args: argparse.Namespace) -> BenchmarkSpec:
         settings=parse_settings(args.settings), mapo_trainer=args.mapo_trainer, device=device,
         save_every=args.save_every, name=args.name, report_only=args.report_only, train_cases=args.train_cases,
         split_file=None if args.split_file is None else os.path.abspath(args.split_file),
-        equal_compute=args.equal_compute)
+        equal_compute=args.equal_compute, group_pattern=args.group_pattern)
 
 
 def run(args: argparse.Namespace) -> int:

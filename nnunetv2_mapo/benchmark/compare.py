@@ -6,6 +6,9 @@ lets them share the baseline and the equal-compute arm (:func:`.spec.shared_arm_
 variant, named by its trainer and its folder (one trainer may be run with several ``mapo_*`` settings): its mean
 metrics, the paired per-case difference to the baseline (and to the equal-compute arm, when run) with its 95%
 interval and seed wins, and its wall time against the baseline's.
+
+With ``--regimes FILE.md`` the folders may come from different protocols: each becomes a row of the overview table
+in FILE (:mod:`.regimes`), and ``--forest PNG`` draws that table's Dice intervals.
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ class CompareInputError(ValueError):
     """Benchmark folders that cannot be compared (missing results, other protocols)."""
 
 
-def load_results(folders: Sequence[str]) -> list[dict[str, Any]]:
+def load_results(folders: Sequence[str], same_protocol: bool = True) -> list[dict[str, Any]]:
     """Reads ``results.json`` of each folder and checks that they share one protocol.
 
     Args:
         folders: Benchmark folders (``WORKDIR/benchmarks/NAME``).
+        same_protocol: Whether to refuse folders of different protocols (not for the regimes table).
 
     Returns:
         The results, in the order given.
@@ -51,6 +55,8 @@ def load_results(folders: Sequence[str]) -> list[dict[str, Any]]:
             results.append(json.load(handle))
     if not results:
         raise CompareInputError("Give at least one benchmark folder.")
+    if not same_protocol:
+        return results
     first = results[0]["spec"]
     for folder, result in zip(folders[1:], results[1:]):
         differ = [k for k in PROTOCOL_KEYS if result["spec"].get(k) != first.get(k)]
@@ -113,15 +119,72 @@ def compare_table(results: Sequence[Mapping[str, Any]], names: Sequence[str] | N
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the arguments of ``nnunetv2_mapo benchmark-compare`` to ``parser``."""
-    parser.add_argument("folders", nargs="+", help="benchmark folders (WORKDIR/benchmarks/NAME) of one protocol")
+    parser.add_argument("folders", nargs="*",
+                        help="benchmark folders (WORKDIR/benchmarks/NAME) of one protocol (any, with --regimes)")
     parser.add_argument("-o", "--output", default=None, help="also write the table to this markdown file")
     parser.add_argument("--signature", default=None, metavar="PNG",
                         help="also draw each variant's validation loss around its rounds beside the baseline's, its "
                              "margin in nats per voxel and its reward accuracy (first seed) to this image")
+    parser.add_argument("--regimes", default=None, metavar="MD",
+                        help="put a row per folder (any protocol) into the overview table of this markdown file "
+                             "(created if missing; a row of the same arm, data and budget is replaced, keeping its "
+                             "reading), instead of printing the comparison table")
+    parser.add_argument("--forest", default=None, metavar="PNG",
+                        help="with --regimes: draw the Dice differences and intervals of every row of its table")
+
+
+def update_regimes(folders: Sequence[str], markdown: str, forest: str | None) -> list[dict[str, str]]:
+    """Puts the rows of ``folders`` into the regimes table of ``markdown`` (written atomically) and draws the forest.
+
+    Returns:
+        The rows written.
+
+    Raises:
+        CompareInputError: A folder without results, a file without the table, or no interval to draw.
+    """
+    from nnunetv2_mapo.benchmark.regimes import RegimesTableError, dice_intervals, read_table, regime_rows, update_table
+    from nnunetv2_mapo.training.checkpointing import atomic_path
+
+    rows = []
+    if folders:
+        for folder, result in zip(folders, load_results(folders, same_protocol=False)):
+            rows += regime_rows(result, os.path.basename(os.path.normpath(folder)))
+    text = ""
+    if os.path.isfile(markdown):
+        with open(markdown, encoding="utf-8") as handle:
+            text = handle.read()
+    try:
+        text = update_table(text, rows)
+        intervals = dice_intervals(read_table(text))
+    except RegimesTableError as err:
+        raise CompareInputError(f"{markdown}: {err}") from err
+    with atomic_path(markdown) as temporary:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    if forest:
+        if not intervals:
+            raise CompareInputError(f"{markdown}'s regimes table has no row with a Dice interval to draw.")
+        from nnunetv2_mapo.benchmark.plots import plot_forest
+
+        plot_forest(intervals, forest)
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point: prints the table; 2 for folders that cannot be compared."""
+    if args.forest and not args.regimes:
+        print("nnunetv2_mapo benchmark-compare: error: --forest draws the table of --regimes MD: give both.",
+              file=sys.stderr)
+        return 2
+    if args.regimes:
+        try:
+            rows = update_regimes(args.folders, args.regimes, args.forest)
+        except CompareInputError as err:
+            print(f"nnunetv2_mapo benchmark-compare: error: {err}", file=sys.stderr)
+            return 2
+        print(f"{len(rows)} row(s) written to the regimes table of {args.regimes}"
+              + (f"; forest figure: {args.forest}" if args.forest else ""))
+        return 0
     try:
         names = [os.path.basename(os.path.normpath(folder)) for folder in args.folders]
         results = load_results(args.folders)

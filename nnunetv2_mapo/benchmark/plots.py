@@ -143,3 +143,53 @@ def plot_round_signature(results: Sequence[Mapping[str, Any]], names: Sequence[s
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_forest(intervals: Sequence[tuple[str, float, float, float]], path: str) -> str:
+    """The paired Dice differences of every regime with their 95% intervals, one line each, the first on top.
+
+    The x axis is symmetric-logarithmic beyond 1 Dice point, so that a collapse (tens of points) and a parity result
+    (tenths of a point) can be read in one figure.
+
+    Args:
+        intervals: (label, mean, low, high) in Dice points, e.g.
+            :func:`nnunetv2_mapo.benchmark.regimes.dice_intervals` of the regimes table.
+        path: The image file.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: No interval to draw.
+    """
+    if not intervals:
+        raise ValueError("No row with a Dice interval ('mean [low, high]') to draw.")
+    import matplotlib
+
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(13, 0.42 * len(intervals) + 1.4))
+    for position, (_, mean, low, high) in enumerate(intervals):
+        color = "C2" if low > 0 else "C3" if high < 0 else "C0"  # above, below, spanning 0
+        ax.plot([low, high], [position, position], color=color, lw=2)
+        ax.plot(mean, position, "D", color=color)
+    ax.axvline(0.0, color="black", lw=1)
+    ax.set_xscale("symlog", linthresh=1.0)
+    left = min(min(low for _, _, low, _ in intervals), -1.0)
+    right = max(max(high for _, _, _, high in intervals), 1.0)
+    ax.set_xlim(left * 1.3, right * 1.3)
+    ticks = [t for t in (-50, -20, -10, -5, -2, -1, -0.5, 0, 0.5, 1, 2, 5, 10) if left * 1.3 <= t <= right * 1.3]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_yticks(range(len(intervals)))
+    ax.set_yticklabels([label for label, *_ in intervals], fontsize="small")
+    ax.invert_yaxis()
+    ax.set_xlabel("Dice difference to nnUNetTrainer (points, paired, 95% interval; symmetric log scale beyond 1)\n"
+                  "green: interval above 0, red: below 0, blue: spans 0")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -132,7 +132,6 @@ class Benchmark:
         return (os.path.isfile(os.path.join(fold_folder, "checkpoint_final.pth"))
                 and os.path.isfile(os.path.join(fold_folder, EVALUATION_FILE)))
 
-    # ------------------------------------------------------------------------------------------ preparation
     def prepare(self) -> None:
         """Dataset, plans, batch-size variant, folds, trainer lookup: every check before training starts.
 
@@ -159,7 +158,8 @@ class Benchmark:
         spec_file = os.path.join(self.folder, SPEC_FILE)
         if os.path.isfile(spec_file):
             check_same_benchmark(spec_file, spec, self.folder)
-        split = split_for(spec.train_cases, spec.split_file, os.path.join(workspace.raw, self.dataset_name))
+        raw_dataset = os.path.join(workspace.raw, self.dataset_name)
+        split = split_for(spec.train_cases, spec.split_file, raw_dataset, spec.group_pattern)
         splits_file = os.path.join(dataset_pre, "splits_final.json")
         count = len(_read_json(splits_file)) if os.path.isfile(splits_file) else 5  # nnU-Net's default: 5 folds
         if any(f >= count for f in spec.folds):
@@ -185,7 +185,7 @@ class Benchmark:
                 self.step(f"plans variant {identifier}.json (batch size {spec.batch_size}, same preprocessed data)")
         batch_size = planned_batch_size(os.path.join(dataset_pre, spec.plans_identifier + ".json"), spec)
         if spec.equal_compute and batch_size is not None:  # None: not planned, so nothing trained to report either
-            cases = split["train"] if split else dataset_cases(os.path.join(workspace.raw, self.dataset_name))
+            cases = split["train"] if split else dataset_cases(raw_dataset)
             self.equal_compute_iterations = equal_compute_iterations(  # 5-fold split: ~80% train; non-2d: 3D views
                 spec.total_epochs, spec.shared_warmup_epochs, spec.iterations, batch_size, len(cases) if split else
                 len(cases) - len(cases) // 5, trainer_settings(spec, "mapo", 0), 2 if spec.configuration == "2d" else 3)

@@ -58,6 +58,8 @@ class BenchmarkSpec:
         train_cases: A low-data split (:mod:`nnunetv2_mapo.benchmark.split`): train on this many cases (drawn with a
             fixed seed) and hold out all the others as the test set (fold 0 only).
         split_file: The same with a given split (``{"train": [...], "val": [...]}`` or nnU-Net's layout).
+        group_pattern: A regular expression whose first group names a case's group (a video sequence, a slide, a
+            patient): the split keeps every group on one side (with ``train_cases`` or ``split_file``).
         equal_compute: Also train the equal-compute arm: the baseline with MAPO's extra sample-passes as extra
             iterations per epoch (:mod:`nnunetv2_mapo.benchmark.compute`).
     """
@@ -83,6 +85,7 @@ class BenchmarkSpec:
     train_cases: int | None = None
     split_file: str | None = None
     equal_compute: bool = False
+    group_pattern: str | None = None
 
     @property
     def plans_identifier(self) -> str:
@@ -98,8 +101,10 @@ class BenchmarkSpec:
         """The fields that define the results (not seeds, folds, paths): a re-run must match them."""
         keep = ("dataset_id", "configuration", "epochs", "iterations", "val_iterations", "batch_size",
                 "shared_warmup_epochs", "single_warmup", "settings", "mapo_trainer", "device", "train_cases",
-                "split_file", "equal_compute")
-        return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k in keep}))
+                "split_file", "equal_compute", "group_pattern")
+        # group_pattern only when given, so that the shared arms of earlier workspaces keep their names
+        return json.loads(json.dumps({k: v for k, v in asdict(self).items()
+                                      if k in keep and (k != "group_pattern" or v is not None)}))
 
     def warmup_seed(self, seed: int) -> int:
         """The seed whose warm-up ``seed`` continues from."""
@@ -138,6 +143,20 @@ def _positive(name: str, value: Any, minimum: int = 1) -> None:
         raise BenchmarkInputError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
+def _check_group_pattern(spec: BenchmarkSpec) -> None:
+    if spec.train_cases is None and spec.split_file is None:
+        raise BenchmarkInputError("--group-pattern keeps groups apart in the split of --train-cases or --split-file: "
+                                  "give one of them.")
+    try:
+        groups = re.compile(spec.group_pattern).groups
+    except re.error as err:
+        raise BenchmarkInputError(f"--group-pattern {spec.group_pattern!r} is not a regular expression ({err}).") \
+            from err
+    if groups < 1:
+        raise BenchmarkInputError(f"--group-pattern {spec.group_pattern!r} has no group: put the part of the case "
+                                  f"name that names its group in parentheses, e.g. '^(seq\\d+)_'.")
+
+
 def validate_spec(spec: BenchmarkSpec) -> None:
     """Checks everything that can be checked without nnU-Net's files (budget, seeds, settings).
 
@@ -162,6 +181,8 @@ def validate_spec(spec: BenchmarkSpec) -> None:
     if (spec.train_cases is not None or spec.split_file is not None) and tuple(spec.folds) != (0,):
         raise BenchmarkInputError(f"--train-cases and --split-file define one split, fold 0; got folds "
                                   f"{list(spec.folds)}.")
+    if spec.group_pattern is not None:
+        _check_group_pattern(spec)
     if not spec.folds:
         raise BenchmarkInputError("Give at least one fold.")
     for fold in spec.folds:
@@ -292,6 +313,8 @@ def benchmark_name(spec: BenchmarkSpec, dataset_name: str) -> str:
         name += "__eqc"
     if spec.split_file is not None:
         name += f"__split-{hashlib.sha1(spec.split_file.encode()).hexdigest()[:8]}"
+    if spec.group_pattern is not None:
+        name += f"__groups-{hashlib.sha1(spec.group_pattern.encode()).hexdigest()[:8]}"
     if spec.mapo_trainer != DEFAULT_MAPO_TRAINER:
         name += f"__{spec.mapo_trainer}"
     if spec.settings:

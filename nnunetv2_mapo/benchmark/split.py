@@ -5,12 +5,19 @@ nnU-Net trains fold ``f`` on ``splits_final.json[f]['train']`` and, after traini
 checkpoint of the last epoch. With a split of one fold whose ``'val'`` list holds all the cases not trained on, that
 final validation is the held-out test set's prediction, and nothing selects a model on it (nnU-Net's per-epoch pseudo
 Dice on a few of these cases is logged, never used to choose a checkpoint).
+
+Related cases (frames of one video sequence, crops of one slide, scans of one patient) are near-duplicates: a split
+that puts some on each side measures memory, not generalization. ``--group-pattern REGEX`` names each case's group
+(the regular expression's first group, matched at the start of the case identifier) and keeps every group on one
+side: ``--train-cases N`` then draws whole groups until at least N cases are in training, and a ``--split-file`` that
+splits a group is refused.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +38,65 @@ def dataset_cases(raw_dataset_folder: str) -> list[str]:
         ending = json.load(handle)["file_ending"]
     labels = os.path.join(raw_dataset_folder, "labelsTr")
     return sorted(name[: -len(ending)] for name in os.listdir(labels) if name.endswith(ending))
+
+
+def case_groups(cases: Sequence[str], pattern: str) -> dict[str, str]:
+    """Each case's group: the first group of ``pattern`` matched at the start of its identifier.
+
+    Args:
+        cases: Case identifiers.
+        pattern: A regular expression with at least one group, e.g. ``^(seq\\d+)_`` for ``seq3_0012``.
+
+    Raises:
+        SplitError: Cases the pattern does not match (the first few are named).
+    """
+    compiled = re.compile(pattern)
+    groups, unmatched = {}, []
+    for case in cases:
+        match = compiled.match(case)
+        if match is None or match.group(1) is None:
+            unmatched.append(case)
+        else:
+            groups[case] = match.group(1)
+    if unmatched:
+        raise SplitError(f"--group-pattern {pattern!r} does not match {len(unmatched)} case(s), e.g. {unmatched[:3]}: "
+                         "every case needs a group (the pattern is matched at the start of the case identifier).")
+    return groups
+
+
+def held_out_groups(cases: Sequence[str], train_cases: int, groups: dict[str, str], seed: int = SPLIT_SEED
+                    ) -> dict[str, list[str]]:
+    """Whole groups drawn in a fixed random order for training until they hold at least ``train_cases`` cases; all
+    other groups held out.
+
+    Raises:
+        SplitError: The drawn groups would leave no group to hold out.
+    """
+    names = sorted(set(groups[c] for c in cases))
+    order = np.random.RandomState(seed).permutation(len(names))
+    chosen: set[str] = set()
+    for index in order:
+        if sum(groups[c] in chosen for c in cases) >= train_cases:
+            break
+        chosen.add(names[index])
+    if len(chosen) == len(names):
+        raise SplitError(f"--train-cases {train_cases} with --group-pattern: the {len(names)} groups hold "
+                         f"{len(cases)} cases, and drawing whole groups until {train_cases} cases leaves no group to "
+                         "hold out; train on fewer cases.")
+    return {"train": sorted(c for c in cases if groups[c] in chosen),
+            "val": sorted(c for c in cases if groups[c] not in chosen)}
+
+
+def check_groups_apart(split: dict[str, list[str]], groups: dict[str, str]) -> None:
+    """Refuses a split that puts cases of one group on both sides.
+
+    Raises:
+        SplitError: Naming the groups that are split.
+    """
+    both = sorted({groups[c] for c in split["train"]} & {groups[c] for c in split["val"]})
+    if both:
+        raise SplitError(f"The split puts cases of group(s) {both[:5]} both in training and in the held-out set; "
+                         "move each group to one side, or drop --group-pattern.")
 
 
 def held_out_split(cases: Sequence[str], train_cases: int, seed: int = SPLIT_SEED) -> dict[str, list[str]]:
@@ -73,17 +139,29 @@ def read_split_file(path: str, cases: Sequence[str]) -> dict[str, list[str]]:
     return {"train": sorted(train), "val": sorted(val)}
 
 
-def split_for(train_cases: int | None, split_file: str | None, raw_dataset_folder: str
-              ) -> dict[str, list[str]] | None:
-    """The benchmark's split (``--train-cases`` or ``--split-file``), or None for nnU-Net's own 5-fold split.
+def split_for(train_cases: int | None, split_file: str | None, raw_dataset_folder: str,
+              group_pattern: str | None = None) -> dict[str, list[str]] | None:
+    """The benchmark's split (``--train-cases`` or ``--split-file``, groups kept apart with ``--group-pattern``), or
+    None for nnU-Net's own 5-fold split.
 
     Raises:
-        SplitError: See :func:`held_out_split` and :func:`read_split_file`.
+        SplitError: See :func:`held_out_split`, :func:`held_out_groups`, :func:`read_split_file`,
+            :func:`case_groups` and :func:`check_groups_apart`.
     """
     if train_cases is None and split_file is None:
         return None
     cases = dataset_cases(raw_dataset_folder)
-    return read_split_file(split_file, cases) if split_file is not None else held_out_split(cases, train_cases)
+    groups = case_groups(cases, group_pattern) if group_pattern is not None else None
+    if split_file is not None:
+        split = read_split_file(split_file, cases)
+        if groups is not None:
+            check_groups_apart(split, groups)
+        return split
+    if groups is not None:
+        if not 1 <= train_cases < len(cases):
+            held_out_split(cases, train_cases)  # the same refusal as without groups
+        return held_out_groups(cases, train_cases, groups)
+    return held_out_split(cases, train_cases)
 
 
 def install_split(preprocessed_dataset_folder: str, split: dict[str, list[str]]) -> bool:

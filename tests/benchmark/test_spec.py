@@ -36,9 +36,11 @@ def test_shared_arms_ignore_the_mapo_trainer_and_its_settings_only() -> None:
                                 equal_compute=True, seeds=3), "Dataset990_Toy", "warmup") == name
     # what the baseline's training reads does
     for changes in ({"settings": {"initial_lr": 0.03}}, {"iterations": 4}, {"train_cases": 20}, {"batch_size": 8},
-                    {"configuration": "3d_fullres"}, {"shared_warmup_epochs": 1}):
+                    {"configuration": "3d_fullres"}, {"shared_warmup_epochs": 1},
+                    {"train_cases": 20, "group_pattern": "^(seq\\d+)"}):
         assert shared_arm_name(spec(**{"settings": {"initial_lr": 0.02}, **changes}), "Dataset990_Toy",
                                "baseline") != name, changes
+    assert "group_pattern" not in base.comparable()  # absent unless given: earlier shared arms keep their names
     equal = shared_arm_name(base, "Dataset990_Toy", "equal_compute", 9)
     assert equal.startswith("Dataset990_Toy__equal_compute__")
     assert equal != shared_arm_name(base, "Dataset990_Toy", "equal_compute", 10)
@@ -61,6 +63,9 @@ def test_shared_arms_ignore_the_mapo_trainer_and_its_settings_only() -> None:
     ({"train_cases": 0}, "--train-cases"),
     ({"train_cases": 5, "split_file": "split.json"}, "not both"),
     ({"train_cases": 5, "folds": (0, 1)}, "one split, fold 0"),
+    ({"group_pattern": "^(seq)"}, "give one of them"),
+    ({"group_pattern": "^(seq", "train_cases": 5}, "not a regular expression"),
+    ({"group_pattern": "^seq", "train_cases": 5}, "has no group"),
 ])
 def test_validate_spec_rejects(changes: dict, message: str) -> None:
     with pytest.raises(BenchmarkInputError, match=message):

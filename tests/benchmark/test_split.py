@@ -9,7 +9,10 @@ import pytest
 from nnunetv2_mapo.benchmark.spec import BenchmarkInputError
 from nnunetv2_mapo.benchmark.split import (
     SplitError,
+    case_groups,
+    check_groups_apart,
     dataset_cases,
+    held_out_groups,
     held_out_split,
     install_split,
     read_split_file,
@@ -65,3 +68,45 @@ def test_split_for_reads_the_raw_datasets_cases(tmp_path) -> None:
     assert split_for(None, None, folder) is None
     split = split_for(2, None, folder)
     assert len(split["train"]) == 2 and sorted(split["train"] + split["val"]) == cases
+
+
+SEQUENCES = [f"seq{s}_{f:03d}" for s in range(5) for f in range(s + 2)]  # 5 groups of 2 to 6 frames, 20 cases
+
+
+def test_groups_are_named_by_the_first_group_of_the_pattern_and_every_case_needs_one() -> None:
+    groups = case_groups(SEQUENCES, r"(seq\d+)_")
+    assert groups["seq3_004"] == "seq3" and len(set(groups.values())) == 5
+    with pytest.raises(SplitError, match=r"does not match 1 case\(s\), e.g. \['other_1'\]"):
+        case_groups([*SEQUENCES, "other_1"], r"(seq\d+)_")
+
+
+def test_a_grouped_draw_keeps_every_group_on_one_side_and_is_fixed() -> None:
+    groups = case_groups(SEQUENCES, r"(seq\d+)_")
+    for train_cases in (1, 5, 9, 13):
+        split = held_out_groups(SEQUENCES, train_cases, groups)
+        assert sorted(split["train"] + split["val"]) == sorted(SEQUENCES)
+        assert not {groups[c] for c in split["train"]} & {groups[c] for c in split["val"]}
+        largest = max(sum(g == name for g in groups.values()) for name in set(groups.values()))
+        assert train_cases <= len(split["train"]) < train_cases + largest  # whole groups, at most one too many
+        check_groups_apart(split, groups)
+        assert held_out_groups(list(reversed(SEQUENCES)), train_cases, groups) == split
+    with pytest.raises(SplitError, match="leaves no group to hold out"):
+        held_out_groups(SEQUENCES, 19, groups)
+
+
+def test_split_for_keeps_the_groups_of_a_raw_dataset_apart(tmp_path) -> None:
+    folder = write_synthetic_dataset(str(tmp_path), 978, "GroupToy", dim=2, num_cases=8, shape=(16, 16), seed=1)
+    halves = r"((?=case_00[0-3])case|(?=case_00[4-7])c)"  # two groups: cases 0-3 ("case") and 4-7 ("c")
+    split = split_for(2, None, folder, halves)
+    assert split["train"] in (["case_000", "case_001", "case_002", "case_003"],
+                              ["case_004", "case_005", "case_006", "case_007"])
+    assert len(split["val"]) == 4
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["case_000", "case_004"], "val": ["case_001"]}))
+    with pytest.raises(SplitError, match=r"group\(s\) \['case'\] both in training and in the held-out"):
+        split_for(None, str(tmp_path / "split.json"), folder, halves)
+    (tmp_path / "apart.json").write_text(json.dumps({"train": ["case_000", "case_001"], "val": ["case_004"]}))
+    assert split_for(None, str(tmp_path / "apart.json"), folder, halves)["val"] == ["case_004"]
+    with pytest.raises(SplitError, match="does not match 4 case"):
+        split_for(2, None, folder, r"(case_00[0-3])")
+    with pytest.raises(SplitError, match="train on 1 to 7"):
+        split_for(8, None, folder, halves)
