@@ -59,5 +59,6 @@ Modules:
   processes
 - :mod:`.cli`: the command's arguments
 - :mod:`.compare`: ``nnunetv2_mapo benchmark-compare``, several variants' benchmarks in one table
+- :mod:`.test_source`: ``--test-source``, a second test set from another source
 - :mod:`.regimes`: the overview table of every regime measured (``benchmark-compare --regimes``)
 """

@@ -68,6 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-file", default=None,
                         help="the same with a given split: JSON {\"train\": [...], \"val\": [...]} or nnU-Net's "
                              "splits_final.json layout (its first fold)")
+    parser.add_argument("--test-source", default=None, metavar="RAW_DATASET",
+                        help="another nnU-Net raw dataset of the same task (channels, labels, file ending): every "
+                             "trained network also predicts all its cases, scored and compared like the held-out "
+                             "ones (a cross-domain test set; nothing is retrained, so it can be added later)")
     parser.add_argument("--group-pattern", default=None, metavar="REGEX",
                         help="with --train-cases or --split-file: the first group of REGEX, matched at the start of "
                              "a case identifier, names its group (video sequence, slide, patient); every group stays "
@@ -93,7 +97,8 @@ def spec_from_args(args: argparse.Namespace) -> BenchmarkSpec:
         settings=parse_settings(args.settings), mapo_trainer=args.mapo_trainer, device=device,
         save_every=args.save_every, name=args.name, report_only=args.report_only, train_cases=args.train_cases,
         split_file=None if args.split_file is None else os.path.abspath(args.split_file),
-        equal_compute=args.equal_compute, group_pattern=args.group_pattern)
+        equal_compute=args.equal_compute, group_pattern=args.group_pattern,
+        test_source=None if args.test_source is None else os.path.abspath(args.test_source))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -182,3 +182,11 @@ def _invocation_totals(fold_folder: str) -> tuple[float | None, int | None, int]
     wall = float(sum(i["wall_seconds"] for i in invocations))
     rss = [i["max_rss_bytes"] for i in invocations if i.get("max_rss_bytes") is not None]
     return wall, (max(rss) if rss else None), len(invocations)
+
+
+def train_command(dataset_id: int, configuration: str, fold: int, trainer: str, plans: str, device: str) -> list[str]:
+    """The ``nnUNetv2_train`` command line of one training (always ``--c``: resume whatever is on disk)."""
+    from nnunetv2_mapo.commands.workspace import nnunet_command
+
+    return [nnunet_command("nnUNetv2_train"), str(dataset_id), configuration, str(fold), "-tr", trainer, "-p", plans,
+            "-device", device, "--c"]

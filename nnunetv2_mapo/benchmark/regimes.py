@@ -48,7 +48,8 @@ def _dataset_label(dataset: str) -> str:
 
 
 def regime_rows(results: Mapping[str, Any], name: str) -> list[dict[str, str]]:
-    """The table rows of one benchmark: its MAPO arm against the baseline, and against the equal-compute arm when run.
+    """The table rows of one benchmark: its MAPO arm against the baseline, against the equal-compute arm when run, and
+    against the baseline on the test set from another source (``--test-source``) when scored.
 
     Args:
         results: The benchmark's ``results.json``.
@@ -63,18 +64,25 @@ def regime_rows(results: Mapping[str, Any], name: str) -> list[dict[str, str]]:
         budget += f" after a {spec['shared_warmup_epochs']}-epoch shared warm-up"
     mapo = spec["mapo_trainer"]
     test_cases = {r["fold"]: r.get("num_cases") for r in results.get("runs", []) if r.get("trainer") == mapo}
+    # (against, paired comparison, the test set when it is not the held-out cases)
+    comparisons = [("", results.get("paired", {}), ""),
+                   (f" vs `{EQUAL_COMPUTE_TRAINER}`", results.get("paired_equal_compute", {}), "")]
+    if "test_source" in results:  # the same networks on a test set from another source
+        comparisons.append(("", results["paired_test_source"].get(mapo, {}),
+                            f" -> {_dataset_label(results['test_source'])}"))
     rows = []
-    for key, against in (("paired", ""), ("paired_equal_compute", f" vs `{EQUAL_COMPUTE_TRAINER}`")):
-        for fold, cells in sorted(results.get(key, {}).items()):
+    for against, paired, tested_on in comparisons:
+        for fold, cells in sorted(paired.items()):
             dice = cells.get("Dice")
             if dice is None:
                 continue
             train = spec["train_cases"] if spec.get("train_cases") else f"fold {fold}"
+            tested = dice["cases"] if tested_on else test_cases.get(int(fold), dice["cases"])
             rows.append({
                 "date": str(results.get("written", ""))[:10] or "–",
                 "version": str(results.get("environment", {}).get("nnunetv2_mapo", "–")),
-                "data, configuration": f"{_dataset_label(results['dataset'])} {spec['configuration']}",
-                "train / test cases": f"{train} / {test_cases.get(int(fold), dice.get('cases', '–'))}",
+                "data, configuration": f"{_dataset_label(results['dataset'])} {spec['configuration']}{tested_on}",
+                "train / test cases": f"{train} / {tested}",
                 "budget (epochs x iterations, batch)": budget,
                 "seeds": str(dice["seeds"]),
                 "arm": f"`{mapo}` ({name}){against}",

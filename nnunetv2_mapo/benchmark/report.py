@@ -39,6 +39,22 @@ def paired_lines(paired: Mapping[str, Mapping[str, Mapping[str, Any]]], baseline
     return lines
 
 
+def test_source_lines(results: Mapping[str, Any]) -> list[str]:
+    """The second test set from another source (``--test-source``): mean metrics and paired comparisons."""
+    if "test_source" not in results:
+        return []
+    name, summary = results["test_source"], results["summary_test_source"]
+    lines = ["", f"## Test source {name} (another source: predicted by the same networks, never trained on)", "",
+             "| trainer | Dice | HD95 | ASD | NSD |", "|---|---|---|---|---|"]
+    for trainer, stats in summary.items():
+        lines.append(f"| {trainer} | " + " | ".join(format_stat(stats[m], fmt) for m, fmt in
+                                                    (("Dice", "{:.4f}"), ("HD95", "{:.2f}"), ("ASD", "{:.3f}"),
+                                                     ("NSD", "{:.4f}"))) + " |")
+    for other, paired in results["paired_test_source"].items():
+        lines += paired_lines(paired, results["trainers"][0], other)
+    return lines
+
+
 def format_table(results: Mapping[str, Any]) -> str:
     """The markdown report: summary table with ratios, notes, per-run table.
 
@@ -78,6 +94,7 @@ def format_table(results: Mapping[str, Any]) -> str:
     lines += paired_lines(results.get("paired", {}), baseline, mapo)
     for arm in equal:
         lines += paired_lines(results.get("paired_equal_compute", {}), arm, mapo)
+    lines += test_source_lines(results)
     warmups = results.get("warmups", [])
     lines += [
         "",

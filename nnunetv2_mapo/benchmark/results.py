@@ -91,17 +91,19 @@ def evaluate_training(gt_folder: str, fold_folder: str) -> dict[str, Any]:
     return {**summary["foreground_mean"], "cases": len(summary["metric_per_case"])}
 
 
-def paired_comparison(runs: list[dict[str, Any]], baseline: str, other: str) -> dict[str, dict]:
+def paired_comparison(runs: list[dict[str, Any]], baseline: str, other: str,
+                      summary_file: str = EVALUATION_FILE) -> dict[str, dict]:
     """Per fold, the paired per-case comparison of ``other`` against ``baseline`` over the seeds where both finished
     (:func:`nnunetv2_mapo.benchmark.paired.compare`, Dice, HD95, ASD and NSD); folds hold different cases, so each
-    fold is compared on its own."""
+    fold is compared on its own. ``summary_file``: the evaluation read in each training's folder (another for a
+    second test set, :mod:`.test_source`)."""
     by_key = {(r["trainer"], r["seed"], r["fold"]): r for r in runs}
     result = {}
     for fold in sorted({f for (_, _, f) in by_key}):
         seeds = sorted(s for (t, s, f) in by_key if t == other and f == fold and (baseline, s, fold) in by_key)
         if not seeds:
             continue
-        summaries = {(t, s): _read_json(os.path.join(by_key[(t, s, fold)]["output_folder"], EVALUATION_FILE))
+        summaries = {(t, s): _read_json(os.path.join(by_key[(t, s, fold)]["output_folder"], summary_file))
                      for t in (other, baseline) for s in seeds}
         result[str(fold)] = compare([summaries[(other, s)] for s in seeds], [summaries[(baseline, s)] for s in seeds],
                                     METRICS)

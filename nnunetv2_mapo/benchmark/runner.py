@@ -26,6 +26,7 @@ from nnunetv2_mapo.benchmark.process import (
     _record_invocation,
     _write_json,
     run_process,
+    train_command,
 )
 from nnunetv2_mapo.benchmark.report import _epochs
 from nnunetv2_mapo.benchmark.results import (
@@ -56,6 +57,7 @@ from nnunetv2_mapo.benchmark.spec import (
 )
 from nnunetv2_mapo.benchmark.split import dataset_cases, install_split, split_for
 from nnunetv2_mapo.benchmark.stats import paired_ratios, summarize
+from nnunetv2_mapo.benchmark.test_source import check_test_source, predict_and_evaluate, test_source_results
 from nnunetv2_mapo.commands.workspace import CommandFailed, NNUNetCommandNotFound, Workspace, nnunet_command
 from nnunetv2_mapo.training.checkpointing import atomic_path, initial_trainer_state, write_state
 from nnunetv2_mapo.training.settings import ENV_VAR
@@ -160,6 +162,8 @@ class Benchmark:
             check_same_benchmark(spec_file, spec, self.folder)
         raw_dataset = os.path.join(workspace.raw, self.dataset_name)
         split = split_for(spec.train_cases, spec.split_file, raw_dataset, spec.group_pattern)
+        if spec.test_source is not None:
+            check_test_source(spec.test_source, raw_dataset)
         splits_file = os.path.join(dataset_pre, "splits_final.json")
         count = len(_read_json(splits_file)) if os.path.isfile(splits_file) else 5  # nnU-Net's default: 5 folds
         if any(f >= count for f in spec.folds):
@@ -210,13 +214,6 @@ class Benchmark:
                                           ENV_VAR: json.dumps(dict(settings)), **(extra or {})})
         return with_benchmark_trainers(env)
 
-    @staticmethod
-    def train_command(dataset_id: int, configuration: str, fold: int, trainer: str, plans: str, device: str
-                      ) -> list[str]:
-        """The ``nnUNetv2_train`` command line of one training (always ``--c``: resume whatever is on disk)."""
-        return [nnunet_command("nnUNetv2_train"), str(dataset_id), configuration, str(fold), "-tr", trainer, "-p",
-                plans, "-device", device, "--c"]
-
     # -------------------------------------------------------------------------------------------- training
     def _train(self, seed: int, fold: int, trainer: str, settings: Mapping[str, Any], what: str,
                extra_env: Mapping[str, str] | None = None) -> None:
@@ -234,7 +231,7 @@ class Benchmark:
             elif line.rstrip().endswith("Training done.") and trainer != WARMUP_TRAINER:
                 self.step("    training done; nnU-Net's final validation")
 
-        command = self.train_command(spec.dataset_id, spec.configuration, fold, trainer, spec.plans_identifier,
+        command = train_command(spec.dataset_id, spec.configuration, fold, trainer, spec.plans_identifier,
                                      spec.device)
         try:
             invocation = run_process(command, self.environment(self.results_root(seed, trainer), settings, extra_env),
@@ -366,6 +363,7 @@ class Benchmark:
                 "ratios_equal_compute": paired_ratios(runs, EQUAL_COMPUTE_TRAINER, spec.mapo_trainer),
                 "paired_equal_compute": paired_comparison(runs, EQUAL_COMPUTE_TRAINER, spec.mapo_trainer)}
                if spec.equal_compute else {}),
+            **(test_source_results(runs, self.trainers, spec.test_source) if spec.test_source else {}),
             "runs": runs, "warmups": warmups, "missing": missing,
             "environment": environment_record(),
             "written": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -387,6 +385,8 @@ class Benchmark:
             for seed in range(self.spec.seeds):
                 for fold in self.spec.folds:
                     self.run_pair(seed, fold)
+                    if self.spec.test_source is not None:
+                        predict_and_evaluate(self, seed, fold)
         results = self.collect_results()
         if not results["runs"]:
             raise BenchmarkInputError(f"No finished training in {self.folder} to report.")

@@ -60,6 +60,8 @@ class BenchmarkSpec:
         split_file: The same with a given split (``{"train": [...], "val": [...]}`` or nnU-Net's layout).
         group_pattern: A regular expression whose first group names a case's group (a video sequence, a slide, a
             patient): the split keeps every group on one side (with ``train_cases`` or ``split_file``).
+        test_source: Another raw dataset of the same task whose every case the trained networks also predict
+            (:mod:`nnunetv2_mapo.benchmark.test_source`); not part of what defines the trainings.
         equal_compute: Also train the equal-compute arm: the baseline with MAPO's extra sample-passes as extra
             iterations per epoch (:mod:`nnunetv2_mapo.benchmark.compute`).
     """
@@ -86,6 +88,7 @@ class BenchmarkSpec:
     split_file: str | None = None
     equal_compute: bool = False
     group_pattern: str | None = None
+    test_source: str | None = None
 
     @property
     def plans_identifier(self) -> str:

@@ -59,6 +59,15 @@ def test_the_equal_compute_comparison_gets_its_own_row() -> None:
     assert rows[1]["Dice diff [95% CI]"] == "-0.20 [-0.60, +0.10]" and rows[1]["HD95"] == "–"
 
 
+def test_a_test_set_from_another_source_gets_its_own_row_named_by_that_dataset() -> None:
+    crossed = results() | {"test_source": "Dataset504_CVCClinicDB", "paired_test_source": {
+        "nnUNetTrainerMAPO": {"0": {"Dice": cell(0.015, 0.004, 0.027) | {"cases": 317}}}}}
+    rows = regime_rows(crossed, "kvasir")
+    assert [r["data, configuration"] for r in rows] == ["Hippocampus 2d", "Hippocampus 2d -> CVCClinicDB"]
+    assert rows[1]["train / test cases"] == "20 / 317" and rows[1]["Dice diff [95% CI]"] == "+1.50 [+0.40, +2.70]"
+    assert rows[1]["arm"] == rows[0]["arm"]  # the same networks; the data cell tells the rows apart
+
+
 def test_new_rows_go_on_top_and_a_rerun_replaces_its_row_keeping_the_reading() -> None:
     older = "| 2026-12-01 | 0.8.0 | hippocampus 2d | 20 / 80 | 40 x 20, 32 | 3 | old arm | -0.88 [-1.35, -0.38] " \
             "| +13.5% | +9.8% | – | 0/3 | worse |\n"

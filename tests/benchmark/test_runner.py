@@ -207,6 +207,26 @@ def test_benchmark_end_to_end(e2e_run: dict, capsys) -> None:
     again = json.loads((folder / "results.json").read_text())
     assert [r["Dice"] for r in again["runs"]] == [r["Dice"] for r in results["runs"]]
 
+    # a second test set from another source, added to the finished benchmark: predicted, scored, nothing retrained
+    other_source = write_synthetic_dataset(str(e2e_run["root"] / "other"), E2E_ID + 1, "OtherToy", dim=2,
+                                           num_cases=4, shape=(48, 48), seed=9)
+    assert run_benchmark_from_args(parse([*e2e_run["argv"], "--test-source", other_source])) == 0
+    fourth = capsys.readouterr().out
+    assert "training" not in fourth.replace("training_curves", "") and f"{MAPO} predicts Dataset994_OtherToy" in fourth
+    crossed = json.loads((folder / "results.json").read_text())
+    assert crossed["test_source"] == "Dataset994_OtherToy"
+    assert set(crossed["paired_test_source"]) == {EQUAL_COMPUTE_TRAINER, MAPO}
+    assert crossed["paired_test_source"][MAPO]["0"]["Dice"]["cases"] == 4  # every case of the other dataset
+    assert crossed["paired"] == results["paired"]  # the held-out comparison is unchanged beside it
+    predicted = os.listdir(os.path.join(runs[MAPO]["output_folder"], "test_source", "Dataset994_OtherToy"))
+    assert sorted(p for p in predicted if p.startswith("case_")) == [f"case_{i:03d}.nii.gz" for i in range(4)]
+    assert "## Test source Dataset994_OtherToy" in (folder / "results.md").read_text()
+    # a test source of another task (two channels) is refused before any work
+    two_channels = write_synthetic_dataset(str(e2e_run["root"] / "bad"), E2E_ID + 2, "TwoChannels", dim=2,
+                                           num_cases=2, shape=(16, 16), num_channels=2)
+    assert run_benchmark_from_args(parse([*e2e_run["argv"], "--test-source", two_channels])) == 2
+    assert "is not the same task: it has 2 input channel(s)" in capsys.readouterr().err
+
     # another MAPO trainer in the same workspace: a folder of its own that trains only its MAPO arm
     variant = [*e2e_run["argv"], "--mapo-trainer", "nnUNetTrainerMAPO_GTAnchored"]
     assert run_benchmark_from_args(parse(variant)) == 0
