@@ -68,10 +68,10 @@ stage plan_and_preprocess
 # 4 epochs: warm-up 2 epochs, then a round at the start of epochs 2 and 3.
 VAL=$(( ITERATIONS < 10 ? ITERATIONS : 10 ))
 BUDGET="{\"num_epochs\": 4, \"num_iterations_per_epoch\": $ITERATIONS, \"num_val_iterations_per_epoch\": $VAL"
+MAPO_CONFIG="\"mapo_warmup_epochs\": 2, \"mapo_regen_every\": 1"
+[ -n "$ROUND_CASES" ] && MAPO_CONFIG="$MAPO_CONFIG, \"mapo_cases_per_round\": $ROUND_CASES"
 for TRAINER in nnUNetTrainerBenchmarkBaseline nnUNetTrainerMAPO; do
   CONFIG="$BUDGET}"
-  MAPO_CONFIG="\"mapo_warmup_epochs\": 2, \"mapo_regen_every\": 1"
-  [ -n "$ROUND_CASES" ] && MAPO_CONFIG="$MAPO_CONFIG, \"mapo_cases_per_round\": $ROUND_CASES"
   [ "$TRAINER" = nnUNetTrainerMAPO ] && CONFIG="$BUDGET, $MAPO_CONFIG}"
   # TORCH_LOGS=recompiles prints one line per recompilation of a compiled function
   nnUNet_mapo_config="$CONFIG" TORCH_LOGS=recompiles nnUNetv2_train 4 3d_fullres 0 -tr "$TRAINER" -device "$DEVICE" \

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from nnunetv2_mapo.benchmark.spec import WARMUP_TRAINER
-from nnunetv2_mapo.benchmark.stats import QUANTITIES, aggregate
+from nnunetv2_mapo.benchmark.stats import METRICS, QUANTITIES, aggregate
 from nnunetv2_mapo.training.settings import ENV_VAR
 
 
@@ -46,10 +46,9 @@ def test_source_lines(results: Mapping[str, Any]) -> list[str]:
     name, summary = results["test_source"], results["summary_test_source"]
     lines = ["", f"## Test source {name} (another source: predicted by the same networks, never trained on)", "",
              "| trainer | Dice | HD95 | ASD | NSD |", "|---|---|---|---|---|"]
+    formats = {key: fmt for key, _, fmt in QUANTITIES}
     for trainer, stats in summary.items():
-        lines.append(f"| {trainer} | " + " | ".join(format_stat(stats[m], fmt) for m, fmt in
-                                                    (("Dice", "{:.4f}"), ("HD95", "{:.2f}"), ("ASD", "{:.3f}"),
-                                                     ("NSD", "{:.4f}"))) + " |")
+        lines.append(f"| {trainer} | " + " | ".join(format_stat(stats[m], formats[m]) for m in METRICS) + " |")
     for other, paired in results["paired_test_source"].items():
         lines += paired_lines(paired, results["trainers"][0], other)
     return lines

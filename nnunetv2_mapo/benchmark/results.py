@@ -78,16 +78,25 @@ def planned_batch_size(plans_file: str, spec: Any) -> int | None:
     return PlansManager(plans_file).get_configuration(spec.configuration).batch_size
 
 
-def evaluate_training(gt_folder: str, fold_folder: str) -> dict[str, Any]:
-    """Evaluates nnU-Net's final validation predictions of a training (``fold/validation``) into
-    ``fold/benchmark_summary.json``; returns the foreground means with ``cases``, the number of cases."""
+def evaluate_training(gt_folder: str, fold_folder: str, predictions: str = "validation",
+                      summary_file: str = EVALUATION_FILE, chill: bool = True) -> dict[str, Any]:
+    """Evaluates predictions of a training (by default nnU-Net's final validation, ``fold/validation``) into
+    ``fold/<summary_file>``; returns the foreground means with ``cases``, the number of cases.
+
+    Args:
+        gt_folder: The reference segmentations.
+        fold_folder: The training's fold folder (its model folder holds ``dataset.json`` and ``plans.json``).
+        predictions: The predictions' folder, relative to ``fold_folder``.
+        summary_file: The summary's file name in ``fold_folder``.
+        chill: If False, every reference must have a prediction.
+    """
     from nnunetv2_mapo.evaluation.folder import evaluate_folder
 
     output_base = os.path.dirname(fold_folder)
     with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints which reader it uses
-        summary = evaluate_folder(gt_folder, os.path.join(fold_folder, "validation"),
+        summary = evaluate_folder(gt_folder, os.path.join(fold_folder, predictions),
                                   os.path.join(output_base, "dataset.json"), os.path.join(output_base, "plans.json"),
-                                  os.path.join(fold_folder, EVALUATION_FILE), 1)
+                                  os.path.join(fold_folder, summary_file), 1, chill=chill)
     return {**summary["foreground_mean"], "cases": len(summary["metric_per_case"])}
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,15 +71,19 @@ def held_out_groups(cases: Sequence[str], train_cases: int, groups: dict[str, st
     other groups held out.
 
     Raises:
-        SplitError: The drawn groups would leave no group to hold out.
+        SplitError: ``train_cases`` out of range (as :func:`held_out_split`), or the drawn groups would leave no group
+            to hold out.
     """
-    names = sorted(set(groups[c] for c in cases))
-    order = np.random.RandomState(seed).permutation(len(names))
+    _check_train_cases(train_cases, len(cases))
+    sizes = Counter(groups[c] for c in cases)
+    names = sorted(sizes)
     chosen: set[str] = set()
-    for index in order:
-        if sum(groups[c] in chosen for c in cases) >= train_cases:
+    drawn = 0
+    for index in np.random.RandomState(seed).permutation(len(names)):
+        if drawn >= train_cases:
             break
         chosen.add(names[index])
+        drawn += sizes[names[index]]
     if len(chosen) == len(names):
         raise SplitError(f"--train-cases {train_cases} with --group-pattern: the {len(names)} groups hold "
                          f"{len(cases)} cases, and drawing whole groups until {train_cases} cases leaves no group to "
@@ -99,6 +104,12 @@ def check_groups_apart(split: dict[str, list[str]], groups: dict[str, str]) -> N
                          "move each group to one side, or drop --group-pattern.")
 
 
+def _check_train_cases(train_cases: int, count: int) -> None:
+    if not 1 <= train_cases < count:
+        raise SplitError(f"--train-cases {train_cases}: the dataset has {count} cases; train on 1 to {count - 1} of "
+                         "them so that some are held out.")
+
+
 def held_out_split(cases: Sequence[str], train_cases: int, seed: int = SPLIT_SEED) -> dict[str, list[str]]:
     """``train_cases`` cases drawn with a fixed seed for training; all the others held out.
 
@@ -106,9 +117,7 @@ def held_out_split(cases: Sequence[str], train_cases: int, seed: int = SPLIT_SEE
         SplitError: ``train_cases`` leaves no case to hold out, or is below 1.
     """
     cases = sorted(cases)
-    if not 1 <= train_cases < len(cases):
-        raise SplitError(f"--train-cases {train_cases}: the dataset has {len(cases)} cases; train on 1 to "
-                         f"{len(cases) - 1} of them so that some are held out.")
+    _check_train_cases(train_cases, len(cases))
     chosen = set(np.random.RandomState(seed).choice(len(cases), train_cases, replace=False).tolist())
     return {"train": [c for i, c in enumerate(cases) if i in chosen],
             "val": [c for i, c in enumerate(cases) if i not in chosen]}
@@ -158,8 +167,6 @@ def split_for(train_cases: int | None, split_file: str | None, raw_dataset_folde
             check_groups_apart(split, groups)
         return split
     if groups is not None:
-        if not 1 <= train_cases < len(cases):
-            held_out_split(cases, train_cases)  # the same refusal as without groups
         return held_out_groups(cases, train_cases, groups)
     return held_out_split(cases, train_cases)
 

@@ -13,8 +13,6 @@ ending; otherwise the benchmark refuses it before any training.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -23,6 +21,11 @@ from typing import Any
 from nnunetv2_mapo.benchmark.spec import BenchmarkFailed, BenchmarkInputError
 
 PREDICTION_FOLDER = "test_source"
+
+
+def source_name(test_source: str) -> str:
+    """The test source's name: its folder's name (``Dataset504_CVCClinicDB``)."""
+    return os.path.basename(os.path.normpath(test_source))
 
 
 def summary_file_name(dataset_name: str) -> str:
@@ -50,7 +53,7 @@ def check_test_source(test_source: str, raw_dataset_folder: str) -> str:
     """
     other = _dataset_json(test_source, "--test-source")
     own = _dataset_json(raw_dataset_folder, "The benchmark's dataset")
-    name = os.path.basename(os.path.normpath(test_source))
+    name = source_name(test_source)
     problems = []
     own_channels = own.get("channel_names", own.get("modality", {}))
     other_channels = other.get("channel_names", other.get("modality", {}))
@@ -93,10 +96,10 @@ def predict_and_evaluate(benchmark: Any, seed: int, fold: int) -> None:
         BenchmarkFailed: ``nnUNetv2_predict`` failed (its log file is named).
     """
     from nnunetv2_mapo.benchmark.process import run_process
+    from nnunetv2_mapo.benchmark.results import evaluate_training
     from nnunetv2_mapo.commands.workspace import nnunet_command
-    from nnunetv2_mapo.evaluation.folder import evaluate_folder
 
-    spec, name = benchmark.spec, os.path.basename(os.path.normpath(benchmark.spec.test_source))
+    spec, name = benchmark.spec, source_name(benchmark.spec.test_source)
     for trainer in benchmark.trainers:
         folder = benchmark.fold_folder(seed, trainer, fold)
         summary = os.path.join(folder, summary_file_name(name))
@@ -112,13 +115,10 @@ def predict_and_evaluate(benchmark: Any, seed: int, fold: int) -> None:
         if invocation.returncode != 0:
             raise BenchmarkFailed(f"nnUNetv2_predict ({trainer}, seed {seed}, fold {fold}, {name}) failed with exit "
                                   f"code {invocation.returncode}. Full output: {log_file}")
-        model = os.path.dirname(folder)
-        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints which reader it uses
-            scores = evaluate_folder(os.path.join(spec.test_source, "labelsTr"), output,
-                                     os.path.join(model, "dataset.json"), os.path.join(model, "plans.json"), summary,
-                                     1, chill=False)
-        benchmark.step(f"seed {seed} fold {fold}: {trainer} on {name}: Dice {scores['foreground_mean']['Dice']:.4f} "
-                       f"({len(scores['metric_per_case'])} cases)")
+        scores = evaluate_training(os.path.join(spec.test_source, "labelsTr"), folder,
+                                   os.path.join(PREDICTION_FOLDER, name), summary_file_name(name), chill=False)
+        benchmark.step(f"seed {seed} fold {fold}: {trainer} on {name}: Dice {scores['Dice']:.4f} "
+                       f"({scores['cases']} cases)")
 
 
 def test_source_results(runs: Sequence[Mapping[str, Any]], trainers: Sequence[str], test_source: str
@@ -135,7 +135,7 @@ def test_source_results(runs: Sequence[Mapping[str, Any]], trainers: Sequence[st
     from nnunetv2_mapo.benchmark.results import paired_comparison
     from nnunetv2_mapo.benchmark.stats import METRICS, aggregate
 
-    name = os.path.basename(os.path.normpath(test_source))
+    name = source_name(test_source)
     file_name = summary_file_name(name)
     scored = [r for r in runs if os.path.isfile(os.path.join(r["output_folder"], file_name))]
     summary = {}
