@@ -9,7 +9,7 @@ variants), :mod:`.evaluation`, :mod:`.benchmark` and :mod:`.commands` (the ``nnu
 
 from nnunetv2_mapo import discovery as _discovery
 
-__version__ = "0.10.0"
+__version__ = "0.11.0"
 
 _discovery.autoregister()
 
@@ -40,6 +40,8 @@ _LAZY = {
     "nnUNetTrainerMAPO_Primus_B": "nnunetv2_mapo.training.variants.networks",
     "nnUNetTrainerMAPO_Primus_M": "nnunetv2_mapo.training.variants.networks",
     "nnUNetTrainerMAPO_Primus_L": "nnunetv2_mapo.training.variants.networks",
+    "nnUNetTrainerMAPO_Unlabeled": "nnunetv2_mapo.training.variants.unlabeled",
+    "nnUNetTrainerPseudoLabel": "nnunetv2_mapo.training.pseudo_label",
     "dpo_loss": "nnunetv2_mapo.method.preference_loss",
     "preference_loss": "nnunetv2_mapo.method.preference_loss",
     "PreferenceLoss": "nnunetv2_mapo.method.preference_loss",

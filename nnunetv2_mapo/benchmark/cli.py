@@ -76,6 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --train-cases or --split-file: the first group of REGEX, matched at the start of "
                              "a case identifier, names its group (video sequence, slide, patient); every group stays "
                              "on one side of the split (--train-cases then draws whole groups)")
+    parser.add_argument("--unlabeled-cases", type=int, default=None, metavar="N",
+                        help="semi-supervised protocol: N of the held-out cases lose their labels (their images become "
+                             "the MAPO arm's mapo_unlabeled_folder, e.g. with --mapo-trainer "
+                             "nnUNetTrainerMAPO_Unlabeled or nnUNetTrainerPseudoLabel); the others are the test set")
 
 
 def spec_from_args(args: argparse.Namespace) -> BenchmarkSpec:
@@ -97,7 +101,7 @@ def spec_from_args(args: argparse.Namespace) -> BenchmarkSpec:
         settings=parse_settings(args.settings), mapo_trainer=args.mapo_trainer, device=device,
         save_every=args.save_every, name=args.name, report_only=args.report_only, train_cases=args.train_cases,
         split_file=None if args.split_file is None else os.path.abspath(args.split_file),
-        equal_compute=args.equal_compute, group_pattern=args.group_pattern,
+        equal_compute=args.equal_compute, group_pattern=args.group_pattern, unlabeled_cases=args.unlabeled_cases,
         test_source=None if args.test_source is None else os.path.abspath(args.test_source))
 
 

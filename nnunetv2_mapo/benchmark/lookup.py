@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from nnunetv2_mapo import discovery
 
@@ -37,6 +37,27 @@ def find_trainer_class(name: str) -> type:
             os.environ.pop(discovery.ENV_VAR, None)
         else:
             os.environ[discovery.ENV_VAR] = previous
+
+
+def check_trainers(names: Sequence[str], mapo_trainer: str) -> None:
+    """Checks that nnU-Net finds every trainer of a benchmark, and that its MAPO arm is a MAPO trainer (or the
+    semi-supervised baseline, ``nnUNetTrainerPseudoLabel``, compared the same way).
+
+    Raises:
+        BenchmarkInputError: Naming the trainer.
+    """
+    from nnunetv2_mapo.benchmark.spec import BenchmarkInputError
+    from nnunetv2_mapo.training.pseudo_label import nnUNetTrainerPseudoLabel
+    from nnunetv2_mapo.training.trainer import nnUNetTrainerMAPO
+
+    for name in names:
+        try:
+            cls = find_trainer_class(name)
+        except (RuntimeError, AssertionError) as err:
+            raise BenchmarkInputError(f"nnU-Net cannot find the trainer {name!r}: {err}") from err
+        if name == mapo_trainer and not issubclass(cls, (nnUNetTrainerMAPO, nnUNetTrainerPseudoLabel)):
+            raise BenchmarkInputError(f"--mapo-trainer {name} is not a subclass of nnUNetTrainerMAPO (or "
+                                      f"nnUNetTrainerPseudoLabel, the semi-supervised baseline).")
 
 
 # ------------------------------------------------------------------------------------------------- benchmark

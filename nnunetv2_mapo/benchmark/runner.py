@@ -17,7 +17,7 @@ from typing import Any
 
 from nnunetv2_mapo.benchmark.compute import equal_compute_iterations
 from nnunetv2_mapo.benchmark.dataset import locate_dataset
-from nnunetv2_mapo.benchmark.lookup import find_trainer_class, with_benchmark_trainers
+from nnunetv2_mapo.benchmark.lookup import check_trainers, with_benchmark_trainers
 from nnunetv2_mapo.benchmark.plans import check_configuration, write_plans_variant
 from nnunetv2_mapo.benchmark.process import (
     _Interrupted,
@@ -58,6 +58,7 @@ from nnunetv2_mapo.benchmark.spec import (
 from nnunetv2_mapo.benchmark.split import dataset_cases, install_split, split_for
 from nnunetv2_mapo.benchmark.stats import paired_ratios, summarize
 from nnunetv2_mapo.benchmark.test_source import check_test_source, predict_and_evaluate, test_source_results
+from nnunetv2_mapo.benchmark.unlabeled import carve_unlabeled, write_unlabeled_images
 from nnunetv2_mapo.commands.workspace import CommandFailed, NNUNetCommandNotFound, Workspace, nnunet_command
 from nnunetv2_mapo.training.checkpointing import atomic_path, initial_trainer_state, write_state
 from nnunetv2_mapo.training.settings import ENV_VAR
@@ -85,6 +86,7 @@ class Benchmark:
         self.dataset_name = ""
         self.folder = ""
         self.equal_compute_iterations: int | None = None
+        self.unlabeled_folder: str | None = None  # --unlabeled-cases: the MAPO arm's mapo_unlabeled_folder
 
     # -------------------------------------------------------------------------------------------- helpers
     def step(self, message: str) -> None:
@@ -162,6 +164,10 @@ class Benchmark:
             check_same_benchmark(spec_file, spec, self.folder)
         raw_dataset = os.path.join(workspace.raw, self.dataset_name)
         split = split_for(spec.train_cases, spec.split_file, raw_dataset, spec.group_pattern)
+        if spec.unlabeled_cases is not None:  # held-out cases without their labels: the MAPO arm's unlabeled scans
+            split, unlabeled = carve_unlabeled(split, spec.unlabeled_cases, spec.group_pattern)
+            self.unlabeled_folder = write_unlabeled_images(raw_dataset, unlabeled,
+                                                           os.path.join(workspace.root, "unlabeled"))
         if spec.test_source is not None:
             check_test_source(spec.test_source, raw_dataset)
         splits_file = os.path.join(dataset_pre, "splits_final.json")
@@ -172,7 +178,7 @@ class Benchmark:
         if not spec.report_only:
             if not all(self.finished(self.fold_folder(seed, t, fold))
                        for seed in range(spec.seeds) for fold in spec.folds for t in self.trainers):
-                self._check_trainers()  # a few seconds (nnU-Net imports its trainer tree): only when needed
+                check_trainers((*self.trainers, WARMUP_TRAINER), spec.mapo_trainer)  # seconds: only when needed
             os.makedirs(os.path.join(self.folder, "logs"), exist_ok=True)
             _write_json(spec_file, spec.comparable())
             self.step(f"planning and preprocessing {self.dataset_name} ({spec.configuration}; skipped if done)")
@@ -193,17 +199,6 @@ class Benchmark:
             self.equal_compute_iterations = equal_compute_iterations(  # 5-fold split: ~80% train; non-2d: 3D views
                 spec.total_epochs, spec.shared_warmup_epochs, spec.iterations, batch_size, len(cases) if split else
                 len(cases) - len(cases) // 5, trainer_settings(spec, "mapo", 0), 2 if spec.configuration == "2d" else 3)
-
-    def _check_trainers(self) -> None:
-        from nnunetv2_mapo.training.trainer import nnUNetTrainerMAPO
-
-        for name in (*self.trainers, WARMUP_TRAINER):
-            try:
-                cls = find_trainer_class(name)
-            except (RuntimeError, AssertionError) as err:
-                raise BenchmarkInputError(f"nnU-Net cannot find the trainer {name!r}: {err}") from err
-            if name == self.spec.mapo_trainer and not issubclass(cls, nnUNetTrainerMAPO):
-                raise BenchmarkInputError(f"--mapo-trainer {name} is not a subclass of nnUNetTrainerMAPO.")
 
     def environment(self, results_root: str, settings: Mapping[str, Any], extra: Mapping[str, str] | None = None
                     ) -> dict[str, str]:
@@ -319,7 +314,8 @@ class Benchmark:
                 if spec.shared_warmup_epochs:
                     what += f" (continues after the shared warm-up of {_epochs(spec.shared_warmup_epochs)})"
                 iterations = self.equal_compute_iterations if role == "equal_compute" else None
-                self._train(seed, fold, trainer, trainer_settings(spec, role, seed, iterations), what)
+                self._train(seed, fold, trainer, trainer_settings(spec, role, seed, iterations, self.unlabeled_folder),
+                            what)
                 if not self.trained(folder):
                     raise BenchmarkFailed(f"{trainer} (seed {seed}, fold {fold}) ended without checkpoint_final.pth "
                                           f"and validation/summary.json in {folder}; see "

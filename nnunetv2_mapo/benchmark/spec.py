@@ -62,6 +62,8 @@ class BenchmarkSpec:
             patient): the split keeps every group on one side (with ``train_cases`` or ``split_file``).
         test_source: Another raw dataset of the same task whose every case the trained networks also predict
             (:mod:`nnunetv2_mapo.benchmark.test_source`); not part of what defines the trainings.
+        unlabeled_cases: The semi-supervised protocol (:mod:`nnunetv2_mapo.benchmark.unlabeled`): this many held-out
+            cases lose their labels and become the MAPO arm's ``mapo_unlabeled_folder``; the others stay the test set.
         equal_compute: Also train the equal-compute arm: the baseline with MAPO's extra sample-passes as extra
             iterations per epoch (:mod:`nnunetv2_mapo.benchmark.compute`).
     """
@@ -89,6 +91,7 @@ class BenchmarkSpec:
     equal_compute: bool = False
     group_pattern: str | None = None
     test_source: str | None = None
+    unlabeled_cases: int | None = None
 
     @property
     def plans_identifier(self) -> str:
@@ -104,10 +107,10 @@ class BenchmarkSpec:
         """The fields that define the results (not seeds, folds, paths): a re-run must match them."""
         keep = ("dataset_id", "configuration", "epochs", "iterations", "val_iterations", "batch_size",
                 "shared_warmup_epochs", "single_warmup", "settings", "mapo_trainer", "device", "train_cases",
-                "split_file", "equal_compute", "group_pattern")
-        # group_pattern only when given, so that the shared arms of earlier workspaces keep their names
-        return json.loads(json.dumps({k: v for k, v in asdict(self).items()
-                                      if k in keep and (k != "group_pattern" or v is not None)}))
+                "split_file", "equal_compute", "group_pattern", "unlabeled_cases")
+        # the fields added later only when given, so that the shared arms of earlier workspaces keep their names
+        return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k in keep and (
+            k not in ("group_pattern", "unlabeled_cases") or v is not None)}))
 
     def warmup_seed(self, seed: int) -> int:
         """The seed whose warm-up ``seed`` continues from."""
@@ -186,6 +189,13 @@ def validate_spec(spec: BenchmarkSpec) -> None:
                                   f"{list(spec.folds)}.")
     if spec.group_pattern is not None:
         _check_group_pattern(spec)
+    if spec.unlabeled_cases is not None:
+        _positive("--unlabeled-cases", spec.unlabeled_cases)
+        if spec.train_cases is None and spec.split_file is None:
+            raise BenchmarkInputError("--unlabeled-cases takes its cases from the held-out cases of --train-cases or "
+                                      "--split-file: give one of them.")
+        if "mapo_unlabeled_folder" in spec.settings:
+            raise BenchmarkInputError("mapo_unlabeled_folder is set by --unlabeled-cases; remove it from --settings.")
     if not spec.folds:
         raise BenchmarkInputError("Give at least one fold.")
     for fold in spec.folds:
@@ -239,7 +249,8 @@ def parse_settings(text: str | None) -> dict[str, Any]:
     return json.loads(json.dumps(parsed))
 
 
-def trainer_settings(spec: BenchmarkSpec, role: str, seed: int, iterations: int | None = None) -> dict[str, Any]:
+def trainer_settings(spec: BenchmarkSpec, role: str, seed: int, iterations: int | None = None,
+                     unlabeled_folder: str | None = None) -> dict[str, Any]:
     """The ``nnUNet_mapo_config`` object of one training.
 
     Args:
@@ -247,6 +258,7 @@ def trainer_settings(spec: BenchmarkSpec, role: str, seed: int, iterations: int 
         role: ``'warmup'``, ``'baseline'``, ``'equal_compute'`` or ``'mapo'``.
         seed: The repetition.
         iterations: Iterations per epoch instead of ``spec.iterations`` (the equal-compute arm's).
+        unlabeled_folder: ``mapo_unlabeled_folder`` of the ``'mapo'`` role (``--unlabeled-cases``).
 
     Returns:
         Budget keys for every role; the nnU-Net keys of ``spec.settings`` for every role; the ``mapo_*`` keys,
@@ -265,6 +277,8 @@ def trainer_settings(spec: BenchmarkSpec, role: str, seed: int, iterations: int 
             settings[key] = value
     if role == "mapo":
         settings["mapo_seed"] = seed
+        if unlabeled_folder is not None:
+            settings["mapo_unlabeled_folder"] = unlabeled_folder
         if spec.shared_warmup_epochs:
             settings["mapo_warmup_epochs"] = spec.shared_warmup_epochs
     return settings
@@ -316,6 +330,8 @@ def benchmark_name(spec: BenchmarkSpec, dataset_name: str) -> str:
         name += "__eqc"
     if spec.split_file is not None:
         name += f"__split-{hashlib.sha1(spec.split_file.encode()).hexdigest()[:8]}"
+    if spec.unlabeled_cases is not None:
+        name += f"__unlabeled{spec.unlabeled_cases}"
     if spec.group_pattern is not None:
         name += f"__groups-{hashlib.sha1(spec.group_pattern.encode()).hexdigest()[:8]}"
     if spec.mapo_trainer != DEFAULT_MAPO_TRAINER:

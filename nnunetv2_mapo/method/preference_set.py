@@ -194,10 +194,14 @@ class PreferenceSet:
 
     @classmethod
     def concatenate(cls, parts: Sequence[PreferenceSet]) -> PreferenceSet:
-        """Joins the parts made by several ranks (in rank order) into one set."""
+        """Joins the parts made by several ranks (in rank order), or a round's labeled and unlabeled parts, into one
+        set. Pairs of a part without objective tags get objective 0 when another part has tags."""
         num_items = sum(p.num_items for p in parts)
         parts = [p for p in parts if len(p)] or list(parts[:1])
         first = parts[0]
+        tagged = any(p.objective is not None for p in parts)
+        objectives = [p.objective if p.objective is not None else torch.zeros(len(p), dtype=torch.long)
+                      for p in parts]
         cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
         return cls(
             images=cat("images"), chosen=cat("chosen"), rejected=cat("rejected"),
@@ -206,7 +210,7 @@ class PreferenceSet:
             reference_rejected_logps=cat("reference_rejected_logps"),
             chosen_dice=cat("chosen_dice"), rejected_dice=cat("rejected_dice"), network_dice=cat("network_dice"),
             keys=[k for p in parts for k in p.keys], round_index=first.round_index, epoch=first.epoch,
-            num_items=num_items, objective=None if first.objective is None else cat("objective"), views=first.views,
+            num_items=num_items, objective=torch.cat(objectives) if tagged else None, views=first.views,
         )
 
 

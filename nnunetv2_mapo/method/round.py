@@ -27,6 +27,7 @@ from torch import nn
 
 from nnunetv2_mapo.method import OBJECTIVE_SETS, PAIRINGS, PREDICTION_PAIRINGS
 from nnunetv2_mapo.method.dropout import DropoutInjector
+from nnunetv2_mapo.method.label_free import consensus_target
 from nnunetv2_mapo.method.mirroring import mirror_views, mirrored_logits
 from nnunetv2_mapo.method.objectives import boundary_scores, objectives_of
 from nnunetv2_mapo.method.preference_loss import disagreement_counts, mask_log_likelihoods
@@ -73,6 +74,7 @@ def generate_preference_set(
     objectives: Sequence[str] = ("dice",),
     mirror_axes: Sequence[int] | None = None,
     reference_network: nn.Module | None = None,
+    label_free_confidence: float | None = None,
 ) -> PreferenceSet:
     """Runs one preference round over ``batches`` and returns the pairs it found.
 
@@ -111,10 +113,15 @@ def generate_preference_set(
         reference_network: A fixed reference policy (in eval mode, without the injected dropout active) whose
             log-likelihoods the pairs keep instead of the network's own; one more forward pass per item. None: the
             network itself, at this round.
+        label_free_confidence: For unlabeled patches: the targets are ignored, and the vote of the hypotheses and
+            the network's prediction (:func:`~nnunetv2_mapo.method.label_free.consensus_target`) stands in for the
+            ground truth, with ``pairing='ground_truth'`` (y+ = the vote); only items whose agreement reaches this
+            value give a pair. None: the targets are the ground truth.
 
     Raises:
-        ValueError: An unknown ``pairing`` or objective, or several objectives with
-            ``'ground_truth_over_prediction'`` (they would all give the same pair).
+        ValueError: An unknown ``pairing`` or objective, several objectives with
+            ``'ground_truth_over_prediction'`` (they would all give the same pair), or ``label_free_confidence``
+            without ``pairing='ground_truth'`` and the reference pass.
 
     Returns:
         The preference set (possibly empty), on the CPU.
@@ -126,6 +133,10 @@ def generate_preference_set(
                          f"{[list(objectives_of(name)) for name in OBJECTIVE_SETS]}.")
     against_prediction = pairing in PREDICTION_PAIRINGS
     with_prediction = pairing == "dropout_and_prediction"  # the prediction is a candidate beside the hypotheses
+    if label_free_confidence is not None and (pairing != "ground_truth" or not reference_pass):
+        raise ValueError("label_free_confidence needs pairing 'ground_truth' (y+ = the consensus) and the reference "
+                         f"pass (the network's prediction votes), got pairing {pairing!r}, reference_pass "
+                         f"{reference_pass}.")
     if against_prediction and len(objectives) > 1:
         raise ValueError(f"pairing {pairing!r} gives one pair per item (the ground truth over the prediction), so it "
                          f"takes one objective, not {list(objectives)}; use objectives ('dice',).")
@@ -164,6 +175,13 @@ def generate_preference_set(
                         if with_prediction:  # candidate K: the network's own answer
                             hypotheses = torch.cat([hypotheses, network_masks.to(hypotheses.dtype)], 1)
                             scores = torch.cat([scores, network_scores[:, None]], 1)
+                    confident = torch.ones(n, dtype=torch.bool, device=device)
+                    if label_free_confidence is not None:  # no label: the candidates' vote is the target
+                        reference, _, confident = consensus_target(
+                            torch.cat([hypotheses, network_masks.to(hypotheses.dtype)], 1), label_manager,
+                            label_free_confidence)
+                        scores = mean_foreground_dice(hypotheses, reference, valid, label_manager)
+                        network_scores = mean_foreground_dice(network_masks, reference, valid, label_manager)[:, 0]
                     ranked_by = [scores if objective == "dice" else boundary_scores(hypotheses, reference, valid,
                                                                                     label_manager)
                                  for objective in objectives]
@@ -191,7 +209,7 @@ def generate_preference_set(
                     else:
                         num_disagree = disagreement_counts(chosen, rejected, valid, label_manager.has_regions)
                         ref_c = ref_r = torch.zeros((n, len(views)) if len(views) > 1 else (n,), device=device)
-                    keep = has_pair & (num_disagree > 0)
+                    keep = has_pair & (num_disagree > 0) & confident
                     if not bool(keep.any()):
                         continue
                     kept = {"images": data, "chosen": chosen, "rejected": rejected, "valid": valid, "ref_c": ref_c,

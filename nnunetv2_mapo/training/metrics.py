@@ -71,6 +71,12 @@ METRICS: tuple[Metric, ...] = (
            "mean Dice of the network's own prediction (dropout off) on the same patches: is y+ better than it?"),
     Metric("mapo_dice_gap", "round", "value", "", "mean Dice(y+) - Dice(y-) over the pairs"),
     Metric("mapo_regen_seconds", "round", "value", "round time [s]", "seconds the round took"),
+    Metric("mapo_unlabeled_pairs", "round", "value", "unlabeled pairs",
+           "nnUNetTrainerMAPO_Unlabeled: pairs the round drew from unlabeled patches (in mapo_num_pairs as well)"),
+    Metric("mapo_unlabeled_items", "round", "value", "unlabeled pairs",
+           "nnUNetTrainerMAPO_Unlabeled: unlabeled patches the round scored (one per case)"),
+    Metric("mapo_unlabeled_seconds", "round", "value", "round time [s]",
+           "nnUNetTrainerMAPO_Unlabeled: seconds of the round spent on unlabeled patches (in mapo_regen_seconds)"),
 )
 
 LOG_KEYS: tuple[str, ...] = tuple(m.key for m in METRICS)
@@ -121,6 +127,15 @@ def markdown_table() -> str:
                      "value": "every epoch" if m.source == "set" else "epochs with a round"}[m.reduction]
         rows.append(f"| `{m.key}` | {m.trl_name and f'`{m.trl_name}`'} | {m.source} | {per_epoch} | {m.meaning} |")
     return "\n".join(rows)
+
+
+def register_log_keys(logger, keys: Sequence[str], epoch: int) -> None:
+    """Registers ``keys`` with nnU-Net's logger, which only takes known keys (one value per epoch), padded with NaN up
+    to ``epoch`` (a resumed run's old log lacks them)."""
+    logged = logger.local_logger.my_fantastic_logging
+    for key in keys:
+        values = logged.setdefault(key, [])
+        values.extend([math.nan] * (epoch - len(values)))
 
 
 def epoch_line(values: Mapping[str, float]) -> str:

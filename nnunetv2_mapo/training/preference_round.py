@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.training.dataloading.nnunet_dataset import nnUNetBaseDataset
 from torch import distributed as dist
 
 from nnunetv2_mapo.method import PREDICTION_PAIRINGS, REFERENCE_FREE_LOSS_TYPES
@@ -40,6 +41,8 @@ from nnunetv2_mapo.training.distributed import (
 from nnunetv2_mapo.training.round_pictures import write_round_picture
 
 if TYPE_CHECKING:
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
     from nnunetv2_mapo.training.trainer import nnUNetTrainerMAPO
 
 
@@ -67,22 +70,31 @@ def round_cases(trainer: nnUNetTrainerMAPO) -> list[str]:
     return [key for key in keys for _ in range(trainer.mapo_patches_per_case)]  # after sharding: cases stay whole
 
 
-def round_batches(trainer: nnUNetTrainerMAPO, keys: list[str], items_per_batch: int) -> Iterator[dict]:
+def round_batches(trainer: nnUNetTrainerMAPO, keys: list[str], items_per_batch: int,
+                  dataset: nnUNetBaseDataset | None = None) -> Iterator[dict]:
     """Step 2: batches of one unaugmented, foreground-centred patch per entry of ``keys``, as nnU-Net's validation sees
-    them (an entry repeated gives another patch: the foreground voxel it is centred on is drawn anew)."""
+    them (an entry repeated gives another patch: the foreground voxel it is centred on is drawn anew). A ``dataset``
+    of cases without foreground (unlabeled scans) gives patches at random places instead."""
     if not keys:  # a rank with no share of the cases (more ranks than cases)
         return
-    dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, keys,
-                                    folder_with_segs_from_previous_stage=trainer.folder_with_segs_from_previous_stage)
+    dataset = dataset or trainer.dataset_class(
+        trainer.preprocessed_dataset_folder, keys,
+        folder_with_segs_from_previous_stage=trainer.folder_with_segs_from_previous_stage)
+    loader = patch_loader(trainer, dataset)
+    for start in range(0, len(keys), items_per_batch):
+        yield loader.load(keys[start:start + items_per_batch])
+
+
+def patch_loader(trainer: nnUNetTrainer, dataset: nnUNetBaseDataset) -> FixedKeysLoader:
+    """nnU-Net's loader with its validation transforms over ``dataset``: one patch per key, centred on a foreground
+    voxel drawn anew each time, or at a random place in a case without foreground."""
     lm = trainer.label_manager
     transforms = trainer.get_validation_transforms(
         None, is_cascaded=trainer.is_cascaded, foreground_labels=lm.foreground_labels,
         regions=lm.foreground_regions if lm.has_regions else None, ignore_label=lm.ignore_label)
     patch_size = trainer.configuration_manager.patch_size
-    loader = FixedKeysLoader(dataset, 1, patch_size, patch_size, lm, oversample_foreground_percent=1.0,
-                             transforms=transforms)
-    for start in range(0, len(keys), items_per_batch):
-        yield loader.load(keys[start:start + items_per_batch])
+    return FixedKeysLoader(dataset, 1, patch_size, patch_size, lm, oversample_foreground_percent=1.0,
+                           transforms=transforms)
 
 
 def run_preference_round(trainer: nnUNetTrainerMAPO) -> tuple[PreferenceSet, dict[str, float]]:
@@ -152,16 +164,18 @@ def online_pairs(trainer: nnUNetTrainerMAPO, batch: dict, count: int) -> Prefere
 
 def generate_with_settings(trainer: nnUNetTrainerMAPO, batches: Iterable[dict], items_per_forward: int,
                            generator: torch.Generator, examples: RoundExamples | None = None,
-                           mirror_axes: tuple[int, ...] = ()) -> PreferenceSet:
+                           mirror_axes: tuple[int, ...] = (), **overrides) -> PreferenceSet:
     """:func:`~nnunetv2_mapo.method.round.generate_preference_set` on ``batches`` with the trainer's network and
-    settings: the one place that turns the trainer's settings into the round's arguments."""
+    settings: the one place that turns the trainer's settings into the round's arguments (``overrides``: keyword
+    arguments that replace them, as an unlabeled round's pairing)."""
+    arguments = dict(reference_pass=trainer.mapo_loss_type not in REFERENCE_FREE_LOSS_TYPES,
+                     pairing=trainer.mapo_pairing, objectives=objectives_of(trainer.mapo_objectives),
+                     mirror_axes=mirror_axes, reference_network=trainer.mapo_reference_network)
     return generate_preference_set(
         unwrap(trainer.network), find_injector(trainer.network), batches, trainer.label_manager,
         trainer.mapo_num_hypotheses, trainer.mapo_dropout_rates, trainer.mapo_pair_margin, items_per_forward,
         trainer.device, generator, trainer.mapo_round_index, trainer.current_epoch, examples,
-        reference_pass=trainer.mapo_loss_type not in REFERENCE_FREE_LOSS_TYPES, pairing=trainer.mapo_pairing,
-        objectives=objectives_of(trainer.mapo_objectives), mirror_axes=mirror_axes,
-        reference_network=trainer.mapo_reference_network)
+        **(arguments | overrides))
 
 
 def frozen_copy(trainer: nnUNetTrainerMAPO, weights: dict) -> torch.nn.Module:

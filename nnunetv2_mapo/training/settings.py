@@ -12,7 +12,7 @@ import difflib
 import json
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -50,8 +50,8 @@ class Setting:
 
     Args:
         name: The trainer attribute.
-        kind: ``int``, ``float``, ``bool``, ``str``, ``rates`` (list of floats), ``optional_int`` or
-            ``optional_float``.
+        kind: ``int``, ``float``, ``bool``, ``str``, ``rates`` (list of floats), ``optional_int``,
+            ``optional_float`` or ``optional_str``.
         allowed: Human-readable range, used in error messages and docs.
         check: Returns True when a (type-checked) value is inside the range.
         default: The trainer's default (``None`` means derived at start; see ``docs/settings.md``).
@@ -156,7 +156,23 @@ NNUNET_SETTINGS: tuple[Setting, ...] = (
     Setting("save_every", "int", "an integer >= 1", lambda v: v >= 1, 50, "nnU-Net: epochs between checkpoints"),
 )
 
-ALL_SETTINGS: dict[str, Setting] = {s.name: s for s in MAPO_SETTINGS + NNUNET_SETTINGS}
+# Unlabeled scans: read by nnUNetTrainerMAPO_Unlabeled and nnUNetTrainerPseudoLabel only (the others refuse them).
+UNLABELED_SETTINGS: tuple[Setting, ...] = (
+    Setting("mapo_unlabeled_folder", "optional_str", "a folder of raw images named as in imagesTr, or null",
+            lambda v: v is None or bool(v.strip()), None,
+            "unlabeled scans (CASE_0000<file_ending>, one file per channel), preprocessed with the plans at the first "
+            "start and cached beside the labeled data"),
+    Setting("mapo_unlabeled_cases_per_round", "optional_int", "an integer >= 1, or null (all unlabeled cases)",
+            lambda v: v is None or v >= 1, 100, "unlabeled cases sampled per round (one patch each)"),
+    Setting("mapo_unlabeled_confidence", "float", "a number in [0.5, 1]", lambda v: 0.5 <= v <= 1.0, 0.8,
+            "the confidence gate: an unlabeled patch gives a pair (or a pseudo-label) only when this share of the "
+            "votes agrees on its foreground, on average"),
+)
+
+ALL_SETTINGS: dict[str, Setting] = {s.name: s for s in MAPO_SETTINGS + NNUNET_SETTINGS + UNLABELED_SETTINGS}
+# What nnUNetTrainerMAPO reads; its variants for unlabeled scans add UNLABELED_SETTINGS.
+TRAINER_SETTINGS: tuple[str, ...] = tuple(s.name for s in MAPO_SETTINGS + NNUNET_SETTINGS)
+UNLABELED_SETTING_NAMES: tuple[str, ...] = tuple(s.name for s in UNLABELED_SETTINGS)
 
 
 def _typed(setting: Setting, value: Any) -> Any:
@@ -171,7 +187,7 @@ def _typed(setting: Setting, value: Any) -> Any:
         return float(v)
 
     kind = setting.kind
-    if kind in ("optional_int", "optional_float") and value is None:
+    if kind in ("optional_int", "optional_float", "optional_str") and value is None:
         return None
     if kind in ("int", "optional_int"):
         if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
@@ -184,7 +200,7 @@ def _typed(setting: Setting, value: Any) -> Any:
         if not isinstance(value, bool):  # JSON true/false only: 0, 1 or "yes" are more likely a mistake
             raise fail()
         return value
-    if kind == "str":
+    if kind in ("str", "optional_str"):
         if not isinstance(value, str):
             raise fail()
         return value
@@ -263,6 +279,22 @@ def config_from_environment(environ: Mapping[str, str] | None = None) -> dict[st
     return parse_config_source(source) if source.strip() else {}
 
 
+def refuse_unread_settings(overrides: Mapping[str, Any], read: Sequence[str], trainer: str) -> None:
+    """Refuses settings that ``trainer`` would not read (they would change nothing, silently).
+
+    Raises:
+        MAPOConfigError: Naming the keys and the trainers that read them.
+    """
+    unread = sorted(set(overrides) - set(read))
+    if not unread:
+        return
+    unlabeled = [key for key in unread if key in UNLABELED_SETTING_NAMES]
+    hint = (f" {unlabeled} are read by nnUNetTrainerMAPO_Unlabeled and nnUNetTrainerPseudoLabel: train one of them "
+            f"(-tr nnUNetTrainerMAPO_Unlabeled)." if unlabeled else "")
+    raise MAPOConfigError(f"{ENV_VAR} sets {unread}, which {trainer} does not read, so they would have no effect."
+                          f"{hint} Otherwise remove them from {ENV_VAR}.")
+
+
 def resolve_and_check(values: dict[str, Any], batch_size: int | None) -> dict[str, Any]:
     """Fills the derived defaults and checks the settings against each other.
 
@@ -303,7 +335,7 @@ def resolve_and_check(values: dict[str, Any], batch_size: int | None) -> dict[st
 def markdown_table() -> str:
     """The settings as a markdown table (kept in sync with ``docs/settings.md`` by a test)."""
     rows = ["| setting | default | allowed | meaning |", "|---|---|---|---|"]
-    for s in MAPO_SETTINGS + NNUNET_SETTINGS:
+    for s in MAPO_SETTINGS + NNUNET_SETTINGS + UNLABELED_SETTINGS:
         default = "derived" if s.default is None else json.dumps(list(s.default) if isinstance(s.default, tuple)
                                                                  else s.default)
         rows.append(f"| `{s.name}` | {default} | {s.allowed} | {s.help} |")

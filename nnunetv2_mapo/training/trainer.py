@@ -45,18 +45,19 @@ from nnunetv2_mapo.training.checkpointing import (
 from nnunetv2_mapo.training.distributed import gather_step_stats
 from nnunetv2_mapo.training.gpu_memory import peak_gpu_memory_line
 from nnunetv2_mapo.training.loss import MAPOLoss, append_pair_rows, collate_step_stats
-from nnunetv2_mapo.training.metrics import LOG_KEYS, epoch_line, reduce_step_stats
+from nnunetv2_mapo.training.metrics import LOG_KEYS, epoch_line, reduce_step_stats, register_log_keys
 from nnunetv2_mapo.training.preference_round import frozen_copy, online_pairs, run_preference_round
 from nnunetv2_mapo.training.progress import plot_mapo_progress
 from nnunetv2_mapo.training.settings import (
-    ALL_SETTINGS,
     ALLOW_CHANGED_SETTINGS_VAR,
     ENV_VAR,
+    TRAINER_SETTINGS,
     MAPOSettingsChanged,
     check_resumed_settings,
     config_from_environment,
     describe_schedule,
     preference_loss_config,
+    refuse_unread_settings,
     resolve_and_check,
 )
 
@@ -69,6 +70,8 @@ class MAPOUnsupportedError(RuntimeError):
 
 class nnUNetTrainerMAPO(nnUNetTrainer):
     """nnU-Net trainer with dropout hypotheses, online preference rounds and a DPO term (see ``docs/method.md``)."""
+
+    mapo_setting_names: tuple[str, ...] = TRAINER_SETTINGS  # what nnUNet_mapo_config may set for this class
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -147,7 +150,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         self.mapo_pairs_per_step = resolve_and_check(self._current_settings(), self.batch_size)["mapo_pairs_per_step"]
         find_injector(self.network).mode = self.mapo_dropout_mode
         self._mapo_pair_generator.manual_seed(self.mapo_seed + self.local_rank)
-        self._register_log_keys()
+        register_log_keys(self.logger, LOG_KEYS, self.current_epoch)
         self._choose_pair_pass()
 
     def _choose_pair_pass(self) -> None:
@@ -163,17 +166,18 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
 
     def _apply_mapo_settings(self) -> None:
         self.mapo_env_overrides = config_from_environment()
+        refuse_unread_settings(self.mapo_env_overrides, self.mapo_setting_names, type(self).__name__)
         for name, value in self.mapo_env_overrides.items():
             setattr(self, name, value)
         for name, value in resolve_and_check(self._current_settings(), None).items():
             setattr(self, name, value)
 
     def _current_settings(self) -> dict:
-        return {name: getattr(self, name) for name in ALL_SETTINGS}
+        return {name: getattr(self, name) for name in self.mapo_setting_names}
 
     def mapo_settings(self) -> dict:
         """The settings in effect (JSON-ready)."""
-        return {name: list(v) if isinstance(v := getattr(self, name), tuple) else v for name in ALL_SETTINGS}
+        return {name: list(v) if isinstance(v := getattr(self, name), tuple) else v for name in self.mapo_setting_names}
 
     def _build_loss(self):
         preference = PreferenceLoss(preference_loss_config(self._current_settings()),
@@ -181,13 +185,6 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         # With a gradient scaler (CUDA) non-finite steps are skipped by nnU-Net: no host check needed per step.
         return MAPOLoss(super()._build_loss(), preference, self.mapo_weight, check_finite=self.grad_scaler is None,
                         num_objectives=len(objectives_of(self.mapo_objectives)), scale=self.mapo_term_scale)
-
-    def _register_log_keys(self) -> None:
-        # nnU-Net's local logger only takes registered keys, one value per epoch; pad after loading old logs.
-        logged = self.logger.local_logger.my_fantastic_logging
-        for key in LOG_KEYS:
-            values = logged.setdefault(key, [])
-            values.extend([math.nan] * (self.current_epoch - len(values)))
 
     def on_train_start(self):
         super().on_train_start()  # builds the data loaders, whose do_split() records the training cases
@@ -249,7 +246,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
         the reference policy is fixed, as reference)."""
         if self.mapo_reference_policy == "first_round" and self.mapo_reference_network is None:
             self._fix_reference_network(unwrap(self.network).state_dict())
-        self.mapo_preference_set, self._mapo_epoch_round = run_preference_round(self)
+        self.mapo_preference_set, self._mapo_epoch_round = self.mapo_generate_round()
         self._mapo_pair_reuse = PairReuse(len(self.mapo_preference_set), self.mapo_max_pair_uses)
         self._mapo_set_reference = None
         if self.local_rank == 0 and not self.disable_checkpointing:  # once per round; checkpoints name the file
@@ -257,6 +254,10 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
                                                             self.mapo_preference_set.state_dict())
         self.mapo_round_index += 1
         return self.mapo_preference_set
+
+    def mapo_generate_round(self) -> tuple[PreferenceSet, dict[str, float]]:
+        """The round's preference set and metrics (a hook: a variant may add pairs from elsewhere)."""
+        return run_preference_round(self)
 
     def _fix_reference_network(self, weights: dict, written: str | None = None) -> None:
         """Builds the fixed reference policy with ``weights`` (a copy of the network, eval mode, no gradients) and
@@ -382,7 +383,7 @@ class nnUNetTrainerMAPO(nnUNetTrainer):
             raise TypeError("nnUNetTrainerMAPO.load_checkpoint takes the checkpoint's path (its MAPO state is a "
                             "file beside it).")
         super().load_checkpoint(filename_or_checkpoint)
-        self._register_log_keys()
+        register_log_keys(self.logger, LOG_KEYS, self.current_epoch)
         state = load_state(filename_or_checkpoint, self.current_epoch)
         if state is not None:
             self.load_mapo_state_dict(state)

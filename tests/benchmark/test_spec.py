@@ -7,6 +7,7 @@ from benchmark_helpers import spec
 
 from nnunetv2_mapo.benchmark.spec import (
     BenchmarkInputError,
+    benchmark_name,
     shared_arm_name,
     trainer_settings,
     validate_spec,
@@ -27,6 +28,14 @@ def test_trainer_settings_per_role() -> None:
         trainer_settings(s, "other", 0)
 
 
+def test_the_unlabeled_folder_goes_to_the_mapo_arm_only() -> None:
+    semi = spec(train_cases=5, unlabeled_cases=3)
+    assert trainer_settings(semi, "mapo", 1, unlabeled_folder="/u")["mapo_unlabeled_folder"] == "/u"
+    assert "mapo_unlabeled_folder" not in trainer_settings(semi, "baseline", 1, unlabeled_folder="/u")
+    assert "mapo_unlabeled_folder" not in trainer_settings(semi, "mapo", 1)
+    assert "__unlabeled3" in benchmark_name(semi, "Dataset990_Toy")
+
+
 def test_shared_arms_ignore_the_mapo_trainer_and_its_settings_only() -> None:
     base = spec(settings={"mapo_beta": 0.5, "initial_lr": 0.02})
     name = shared_arm_name(base, "Dataset990_Toy", "baseline")
@@ -37,10 +46,11 @@ def test_shared_arms_ignore_the_mapo_trainer_and_its_settings_only() -> None:
     # what the baseline's training reads does
     for changes in ({"settings": {"initial_lr": 0.03}}, {"iterations": 4}, {"train_cases": 20}, {"batch_size": 8},
                     {"configuration": "3d_fullres"}, {"shared_warmup_epochs": 1},
-                    {"train_cases": 20, "group_pattern": "^(seq\\d+)"}):
+                    {"train_cases": 20, "group_pattern": "^(seq\\d+)"}, {"train_cases": 20, "unlabeled_cases": 5}):
         assert shared_arm_name(spec(**{"settings": {"initial_lr": 0.02}, **changes}), "Dataset990_Toy",
                                "baseline") != name, changes
-    assert "group_pattern" not in base.comparable()  # absent unless given: earlier shared arms keep their names
+    for later in ("group_pattern", "unlabeled_cases"):  # absent unless given: earlier shared arms keep their names
+        assert later not in base.comparable()
     equal = shared_arm_name(base, "Dataset990_Toy", "equal_compute", 9)
     assert equal.startswith("Dataset990_Toy__equal_compute__")
     assert equal != shared_arm_name(base, "Dataset990_Toy", "equal_compute", 10)
@@ -66,6 +76,9 @@ def test_shared_arms_ignore_the_mapo_trainer_and_its_settings_only() -> None:
     ({"group_pattern": "^(seq)"}, "give one of them"),
     ({"group_pattern": "^(seq", "train_cases": 5}, "not a regular expression"),
     ({"group_pattern": "^seq", "train_cases": 5}, "has no group"),
+    ({"unlabeled_cases": 4}, "held-out cases of --train-cases or --split-file"),
+    ({"unlabeled_cases": 0, "train_cases": 5}, "--unlabeled-cases must be an integer >= 1"),
+    ({"unlabeled_cases": 4, "train_cases": 5, "settings": {"mapo_unlabeled_folder": "/x"}}, "set by --unlabeled"),
 ])
 def test_validate_spec_rejects(changes: dict, message: str) -> None:
     with pytest.raises(BenchmarkInputError, match=message):

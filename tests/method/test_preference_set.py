@@ -312,3 +312,11 @@ def test_concatenate_single_part_is_unchanged(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ rates
+
+
+def test_concatenate_tags_untagged_parts_with_objective_zero():
+    tagged = synthetic_set(2)
+    tagged.objective = torch.tensor([0, 1])
+    joined = PreferenceSet.concatenate([tagged, synthetic_set(3, offset=5)])  # a round's labeled and unlabeled pairs
+    assert joined.objective.tolist() == [0, 1, 0, 0, 0]
+    assert PreferenceSet.concatenate([synthetic_set(1), synthetic_set(1, offset=3)]).objective is None

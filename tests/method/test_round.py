@@ -381,3 +381,45 @@ def test_a_fixed_reference_network_gives_the_reference_log_likelihoods_and_nothi
     assert not torch.allclose(fixed.reference_chosen_logps, own.reference_chosen_logps, atol=1e-3)
     mirrored = generate(network, batches, reference_network=reference, mirror_axes=(0, 1))
     torch.testing.assert_close(mirrored.reference_chosen_logps[:, 0], ref_c, atol=1e-4, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ unlabeled patches
+def _unlabeled(batches: list[dict], fill: float = 0.0) -> list[dict]:
+    return [{**batch, "target": torch.full_like(batch["target"], fill)} for batch in batches]
+
+
+def test_a_label_free_round_ignores_the_targets_and_prefers_the_consensus():
+    network = tiny_unet()
+    batches = label_batches(network, count=8, per_batch=4)
+    free = generate(network, _unlabeled(batches), pairing="ground_truth", label_free_confidence=0.5)
+    assert len(free) > 0
+    # other targets (labels everywhere) give exactly the same pairs: nothing of the target is used
+    other = generate(network, _unlabeled(batches, fill=2.0), pairing="ground_truth", label_free_confidence=0.5)
+    assert free.keys == other.keys and torch.equal(free.chosen, other.chosen)
+    # y+ is never the zero target; it scores 1 against itself, and y- at least tau below it
+    assert all(bool(c.any()) for c in free.chosen)
+    assert torch.all(free.chosen_dice == 1.0) and (free.rejected_dice <= 0.95 + 1e-6).all()
+    # the stored network Dice is the prediction's agreement with the consensus (the prediction votes)
+    assert ((free.network_dice > 0.5) & (free.network_dice <= 1.0)).all()
+
+
+def test_a_stricter_confidence_gate_keeps_fewer_unlabeled_pairs():
+    network = tiny_unet()
+    batches = _unlabeled(label_batches(network, count=8, per_batch=4))
+    counts = [len(generate(network, batches, pairing="ground_truth", label_free_confidence=c))
+              for c in (0.5, 0.8, 1.0)]
+    assert counts[0] >= counts[1] >= counts[2] and counts[0] > counts[2]
+
+
+def test_a_label_free_round_with_regions_gives_region_masks():
+    network = tiny_unet(num_classes=2)
+    free = generate(network, _unlabeled(region_batches(network)), label_manager=REGIONS, pairing="ground_truth",
+                    label_free_confidence=0.5)
+    assert len(free) > 0 and free.chosen.dtype == torch.bool and free.chosen.shape[1] == 2
+
+
+@pytest.mark.parametrize("arguments", [{"pairing": "dropout"}, {"pairing": "ground_truth", "reference_pass": False}])
+def test_a_label_free_round_needs_the_consensus_pairing_and_the_reference_pass(label_round, arguments):
+    network, batches, _ = label_round
+    with pytest.raises(ValueError, match="label_free_confidence needs pairing 'ground_truth'"):
+        generate(network, batches, label_free_confidence=0.9, **arguments)

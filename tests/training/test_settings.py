@@ -12,17 +12,22 @@ from nnunetv2_mapo.training.settings import (
     ENV_VAR,
     MAPO_SETTINGS,
     NNUNET_SETTINGS,
+    TRAINER_SETTINGS,
+    UNLABELED_SETTING_NAMES,
+    UNLABELED_SETTINGS,
     MAPOConfigError,
     config_from_environment,
     markdown_table,
     parse_config_source,
+    refuse_unread_settings,
     resolve_and_check,
     validate_setting,
 )
 
 
 def defaults() -> dict:
-    return {name: setting.default for name, setting in ALL_SETTINGS.items()}
+    """The settings nnUNetTrainerMAPO reads, at their defaults."""
+    return {name: ALL_SETTINGS[name].default for name in TRAINER_SETTINGS}
 
 
 def assert_error_names(err: pytest.ExceptionInfo, key: str, value_repr: str, allowed: str) -> None:
@@ -34,7 +39,7 @@ def assert_error_names(err: pytest.ExceptionInfo, key: str, value_repr: str, all
 
 # ------------------------------------------------------------------------------------------------ the table itself
 def test_settings_are_unique_and_defaults_are_valid():
-    names = [s.name for s in MAPO_SETTINGS + NNUNET_SETTINGS]
+    names = [s.name for s in MAPO_SETTINGS + NNUNET_SETTINGS + UNLABELED_SETTINGS]
     assert len(names) == len(set(names)) == len(ALL_SETTINGS)
     for setting in ALL_SETTINGS.values():
         if setting.default is not None:
@@ -289,7 +294,7 @@ def test_resolve_fills_derived_defaults():
     assert resolved["mapo_cases_per_round"] == 100
     assert None not in resolved.values()
     assert values["mapo_warmup_epochs"] is None  # a copy, the input is untouched
-    assert set(resolved) == set(ALL_SETTINGS)
+    assert set(resolved) == set(TRAINER_SETTINGS)
 
 
 @pytest.mark.parametrize(("batch_size", "pairs"), [(1, 0.125), (2, 0.25), (8, 1.0), (10, 1.25), (137, 17.125)])
@@ -379,3 +384,39 @@ def test_the_pairing_against_the_prediction_refuses_several_objectives():
     resolved = resolve_and_check(defaults() | {"mapo_pairing": "ground_truth_over_prediction"}, batch_size=2)
     assert resolved["mapo_pairing"] == "ground_truth_over_prediction"
     assert resolve_and_check(defaults() | {"mapo_objectives": "dice+boundary"}, batch_size=2)  # fine with dropout
+
+
+# ------------------------------------------------------------------------------------------------ unlabeled scans
+def test_the_unlabeled_settings_are_not_read_by_the_mapo_trainer():
+    assert set(UNLABELED_SETTING_NAMES).isdisjoint(TRAINER_SETTINGS)
+    assert set(TRAINER_SETTINGS) | set(UNLABELED_SETTING_NAMES) == set(ALL_SETTINGS)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, None), ("/data/scans", "/data/scans")])
+def test_an_optional_folder_takes_a_string_or_null(value, expected):
+    assert validate_setting("mapo_unlabeled_folder", value) == expected
+
+
+@pytest.mark.parametrize("value", ["", "   ", 3, ["a"]])
+def test_an_empty_or_non_string_folder_is_refused(value):
+    with pytest.raises(MAPOConfigError, match="mapo_unlabeled_folder"):
+        validate_setting("mapo_unlabeled_folder", value)
+
+
+@pytest.mark.parametrize("value", [0.49, 1.01])
+def test_the_confidence_gate_lies_between_a_half_and_one(value):
+    with pytest.raises(MAPOConfigError, match=r"\[0.5, 1\]"):
+        validate_setting("mapo_unlabeled_confidence", value)
+
+
+def test_a_setting_the_trainer_does_not_read_is_refused_with_the_trainers_that_do():
+    refuse_unread_settings({"mapo_beta": 0.5}, TRAINER_SETTINGS, "nnUNetTrainerMAPO")  # read: fine
+    with pytest.raises(MAPOConfigError) as err:
+        refuse_unread_settings({"mapo_unlabeled_folder": "/x", "mapo_beta": 1.0}, TRAINER_SETTINGS,
+                               "nnUNetTrainerMAPO")
+    message = str(err.value)
+    assert "['mapo_unlabeled_folder']" in message and "nnUNetTrainerMAPO does not read" in message
+    assert "-tr nnUNetTrainerMAPO_Unlabeled" in message
+    with pytest.raises(MAPOConfigError, match="nnUNetTrainerX does not read") as err:
+        refuse_unread_settings({"mapo_beta": 1.0}, ("num_epochs",), "nnUNetTrainerX")
+    assert "Unlabeled" not in str(err.value)
