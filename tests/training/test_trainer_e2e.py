@@ -7,13 +7,13 @@ import math
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from e2e_helpers import wait_for_log
 
 from nnunetv2_mapo.commands.synthetic import write_synthetic_dataset
 from nnunetv2_mapo.commands.workspace import CommandFailed, Workspace, copy_raw_dataset, nnunet_command
@@ -142,18 +142,6 @@ def test_pretrained_weights_from_plain_trainer(ws2d: Workspace, tmp_path: Path) 
     assert set(mapo["network_weights"]) == set(_checkpoint(plain)["network_weights"])
 
 
-def _wait_for(path: str, needle: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"training ended before '{needle}' appeared")
-        logs = sorted(Path(path).glob("training_log_*.txt"))
-        if logs and needle in logs[-1].read_text():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"'{needle}' did not appear within {timeout} s")
-
-
 def test_sigkill_mid_training_then_resume(ws2d: Workspace) -> None:
     settings = {"num_epochs": 6, "num_iterations_per_epoch": 6, "num_val_iterations_per_epoch": 1,
                 "mapo_warmup_epochs": 1, "mapo_regen_every": 2, "save_every": 1}
@@ -163,7 +151,7 @@ def test_sigkill_mid_training_then_resume(ws2d: Workspace) -> None:
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         os.makedirs(fold_dir, exist_ok=True)
-        _wait_for(fold_dir, "MAPO round 1 (epoch 3)", process, timeout=600)  # killed in a round, mid-epoch 3
+        wait_for_log(fold_dir, "MAPO round 1 (epoch 3)", process, timeout=600)  # killed in a round, mid-epoch 3
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()

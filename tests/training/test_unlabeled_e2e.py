@@ -10,11 +10,11 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from e2e_helpers import wait_for_log
 
 from nnunetv2_mapo.commands.synthetic import write_synthetic_dataset
 from nnunetv2_mapo.commands.workspace import CommandFailed, Workspace, nnunet_command
@@ -50,18 +50,6 @@ def _final_logging(fold: str) -> dict:
     return torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)["logging"]
 
 
-def _wait_for(fold: str, needle: str, process: subprocess.Popen, timeout: float = 600) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"training ended before '{needle}' appeared")
-        logs = sorted(Path(fold).glob("training_log_*.txt"))
-        if logs and needle in logs[-1].read_text():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"'{needle}' did not appear within {timeout} s")
-
-
 def test_mapo_unlabeled_trains_with_unlabeled_pairs_and_resumes_them(ws: Workspace, unlabeled: str) -> None:
     settings = {**TINY, "num_epochs": 5, "mapo_regen_every": 3, "save_every": 1, "mapo_unlabeled_folder": unlabeled}
     fold = ws.output_folder(DATASET, "nnUNetTrainerMAPO_Unlabeled", "2d", 0)
@@ -71,7 +59,7 @@ def test_mapo_unlabeled_trains_with_unlabeled_pairs_and_resumes_them(ws: Workspa
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         os.makedirs(fold, exist_ok=True)
-        _wait_for(fold, "Epoch 3", process)  # after round 0 (epoch 1) and the checkpoint of epoch 2
+        wait_for_log(fold, "Epoch 3", process)  # after round 0 (epoch 1) and the checkpoint of epoch 2
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
