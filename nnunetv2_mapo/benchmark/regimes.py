@@ -77,6 +77,8 @@ def regime_rows(results: Mapping[str, Any], name: str) -> list[dict[str, str]]:
             if dice is None:
                 continue
             train = spec["train_cases"] if spec.get("train_cases") else f"fold {fold}"
+            if spec.get("unlabeled_cases"):  # the semi-supervised protocol: held-out cases without their labels
+                train = f"{train} (+{spec['unlabeled_cases']} unlabeled)"
             tested = dice["cases"] if tested_on else test_cases.get(int(fold), dice["cases"])
             rows.append({
                 "date": str(results.get("written", ""))[:10] or "–",

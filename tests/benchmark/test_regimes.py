@@ -52,6 +52,14 @@ def test_a_row_states_the_regime_and_the_paired_differences_in_points_and_percen
     assert (row["seeds"], row["Dice seed wins"], row["reading"]) == ("3", "2/3", NO_READING)
 
 
+def test_the_semi_supervised_protocol_counts_its_unlabeled_cases() -> None:
+    semi = results("nnUNetTrainerMAPO_Unlabeled")
+    semi["spec"]["unlabeled_cases"] = 40
+    semi["runs"][0]["num_cases"] = 40
+    (row,) = regime_rows(semi, "semi40")
+    assert row["train / test cases"] == "20 (+40 unlabeled) / 40"
+
+
 def test_the_equal_compute_comparison_gets_its_own_row() -> None:
     rows = regime_rows(results(equal_compute=True), "confirm")
     assert [r["arm"] for r in rows] == ["`nnUNetTrainerMAPO` (confirm)",
