@@ -53,6 +53,16 @@ def consensus_target(candidates: torch.Tensor, label_manager: LabelManager,
         consensus = votes.argmax(1)
         agreement = votes.amax(1)
         foreground = votes[:, 0] < 1  # some candidate calls the voxel foreground
+    mean = foreground_mean(agreement, foreground)
+    return consensus, mean, reaches(mean, confidence)
+
+
+def foreground_mean(values: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` ``(N, *spatial)`` per item over its ``foreground`` voxels; NaN where it has none."""
     counted = foreground.flatten(1).float()
-    mean = (agreement.flatten(1) * counted).sum(1) / counted.sum(1)  # NaN without foreground
-    return consensus, mean, torch.nan_to_num(mean, nan=-1.0) >= confidence
+    return (values.flatten(1) * counted).sum(1) / counted.sum(1)
+
+
+def reaches(mean: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Whether each item's :func:`foreground_mean` reaches ``threshold``; an item without foreground never does."""
+    return torch.nan_to_num(mean, nan=-1.0) >= threshold

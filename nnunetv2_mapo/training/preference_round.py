@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from time import time
 from typing import TYPE_CHECKING
 
@@ -57,16 +58,37 @@ class FixedKeysLoader(nnUNetDataLoader):
         return self._keys
 
 
+def sample_cases(keys: Iterable[str], limit: int | None, seed: int, rank: int = 0, world_size: int = 1) -> list[str]:
+    """A round's cases on one rank: ``keys`` sorted, a sample of ``limit`` of them seeded by ``seed`` when that is
+    fewer, and this rank's share of them (:func:`~nnunetv2_mapo.training.distributed.shard_cases`)."""
+    keys = sorted(keys)
+    if limit is not None and limit < len(keys):
+        keys = sorted(np.random.RandomState(seed % 2**32).choice(keys, limit, replace=False).tolist())
+    return shard_cases(keys, rank, world_size) if world_size > 1 else keys
+
+
+def this_rank(trainer: nnUNetTrainer) -> tuple[int, int]:
+    """``(rank, world size)`` of a trainer's process; ``(0, 1)`` without DDP."""
+    return (dist.get_rank(), dist.get_world_size()) if trainer.is_ddp else (0, 1)
+
+
+@contextmanager
+def numpy_seeded(seed: int) -> Iterator[None]:
+    """Seeds numpy's global generator inside the block (nnU-Net's loader places patches with it) and restores the
+    training's own state afterwards, also when the block fails."""
+    state = np.random.get_state()
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 def round_cases(trainer: nnUNetTrainerMAPO) -> list[str]:
     """Step 1: the training cases of this round on this rank (sorted; a seeded sample when capped), each repeated
     ``mapo_patches_per_case`` times (one patch per entry)."""
-    keys = sorted(trainer.mapo_train_keys)
-    limit = trainer.mapo_cases_per_round
-    if limit is not None and limit < len(keys):
-        rng = np.random.RandomState((trainer.mapo_seed + 7919 * trainer.mapo_round_index) % 2**32)
-        keys = sorted(rng.choice(keys, limit, replace=False).tolist())
-    if trainer.is_ddp:  # each rank scores its share; the parts are gathered afterwards
-        keys = shard_cases(keys, dist.get_rank(), dist.get_world_size())
+    keys = sample_cases(trainer.mapo_train_keys, trainer.mapo_cases_per_round,
+                        trainer.mapo_seed + 7919 * trainer.mapo_round_index, *this_rank(trainer))
     return [key for key in keys for _ in range(trainer.mapo_patches_per_case)]  # after sharding: cases stay whole
 
 
@@ -77,9 +99,9 @@ def round_batches(trainer: nnUNetTrainerMAPO, keys: list[str], items_per_batch: 
     of cases without foreground (unlabeled scans) gives patches at random places instead."""
     if not keys:  # a rank with no share of the cases (more ranks than cases)
         return
-    dataset = dataset or trainer.dataset_class(
-        trainer.preprocessed_dataset_folder, keys,
-        folder_with_segs_from_previous_stage=trainer.folder_with_segs_from_previous_stage)
+    if dataset is None:
+        dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, keys,
+                                        folder_with_segs_from_previous_stage=trainer.folder_with_segs_from_previous_stage)
     loader = patch_loader(trainer, dataset)
     for start in range(0, len(keys), items_per_batch):
         yield loader.load(keys[start:start + items_per_batch])
@@ -118,17 +140,13 @@ def run_preference_round(trainer: nnUNetTrainerMAPO) -> tuple[PreferenceSet, dic
     # Step 3: dropout masks on the training device; nnU-Net's patch sampling uses the global numpy generator.
     generator = torch.Generator(device=trainer.device)
     generator.manual_seed(trainer.mapo_seed + 1000003 * trainer.mapo_round_index + trainer.local_rank)
-    numpy_state = np.random.get_state()
-    np.random.seed((trainer.mapo_seed + 7919 * trainer.mapo_round_index + trainer.local_rank) % 2**32)
     network = unwrap(trainer.network)
     examples = RoundExamples(trainer.mapo_round_pictures) if trainer.local_rank == 0 else None
     assert_same_on_all_ranks(parameters_fingerprint(network), "network parameters at a MAPO round")  # step 4
-    try:
+    with numpy_seeded(trainer.mapo_seed + 7919 * trainer.mapo_round_index + trainer.local_rank):
         preference_set = generate_with_settings(  # step 5
             trainer, round_batches(trainer, keys, items_per_forward), items_per_forward, generator, examples,
             mirror_axes=pair_mirror_axes(trainer))
-    finally:
-        np.random.set_state(numpy_state)
     preference_set = gather_preference_set(preference_set)  # all ranks end with the same set
     stats = {"mapo_regen_seconds": time() - started, "mapo_dice_gap": preference_set.mean_dice_gap}
     if len(preference_set):

@@ -22,11 +22,12 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch.nn import functional
 
 from nnunetv2_mapo.method.dropout import unwrap
+from nnunetv2_mapo.method.label_free import foreground_mean, reaches
 from nnunetv2_mapo.method.schedule import pairs_for_step
 from nnunetv2_mapo.method.scoring import logits_to_masks
 from nnunetv2_mapo.method.train_eval import eval_mode, full_resolution
 from nnunetv2_mapo.training.metrics import register_log_keys
-from nnunetv2_mapo.training.preference_round import patch_loader
+from nnunetv2_mapo.training.preference_round import numpy_seeded, patch_loader
 from nnunetv2_mapo.training.settings import (
     NNUNET_SETTINGS,
     UNLABELED_SETTING_NAMES,
@@ -63,8 +64,7 @@ def prediction_confidence(logits: torch.Tensor, regions: bool) -> torch.Tensor:
         probabilities = torch.softmax(logits.float(), 1)
         certainty, winner = probabilities.max(1)
         foreground = winner > 0
-    counted = foreground.flatten(1).float()
-    return (certainty.flatten(1) * counted).sum(1) / counted.sum(1)
+    return foreground_mean(certainty, foreground)
 
 
 class nnUNetTrainerPseudoLabel(nnUNetTrainer):
@@ -140,18 +140,14 @@ class nnUNetTrainerPseudoLabel(nnUNetTrainer):
         is confident). The cases and mirrorings are seeded by the epoch and step (a resumed run draws the same)."""
         rng = np.random.RandomState((self.mapo_seed + 104729 * self.current_epoch + 7 * step + self.local_rank) % 2**32)
         keys = rng.choice(self.mapo_unlabeled_keys, count, replace=count > len(self.mapo_unlabeled_keys)).tolist()
-        numpy_state = np.random.get_state()
-        np.random.seed(int(rng.randint(2**31)))  # the loader places the patches with numpy's global generator
-        try:
+        with numpy_seeded(int(rng.randint(2**31))):  # where the loader places the patches
             data = self._pseudo_loader.load(keys)["data"].to(self.device)
-        finally:
-            np.random.set_state(numpy_state)
         network = unwrap(self.network)
         with eval_mode(network):
             logits = full_resolution(network(data))
         regions = self.label_manager.has_regions
         confidence = prediction_confidence(logits, regions)
-        keep = torch.nan_to_num(confidence, nan=-1.0) >= self.mapo_unlabeled_confidence
+        keep = reaches(confidence, self.mapo_unlabeled_confidence)
         self._pseudo_epoch["drawn"] += len(keys)
         self._pseudo_epoch["kept"] += int(keep.sum())
         if not bool(keep.any()):

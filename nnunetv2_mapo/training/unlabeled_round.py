@@ -15,13 +15,19 @@ from __future__ import annotations
 from time import time
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
 from nnunetv2_mapo.method.preference_set import PreferenceSet
-from nnunetv2_mapo.training.distributed import gather_preference_set, shard_cases
-from nnunetv2_mapo.training.preference_round import generate_with_settings, pair_mirror_axes, round_batches
+from nnunetv2_mapo.training.distributed import gather_preference_set
+from nnunetv2_mapo.training.preference_round import (
+    generate_with_settings,
+    numpy_seeded,
+    pair_mirror_axes,
+    round_batches,
+    sample_cases,
+    this_rank,
+)
 
 if TYPE_CHECKING:
     from nnunetv2_mapo.training.variants.unlabeled import nnUNetTrainerMAPO_Unlabeled
@@ -30,11 +36,7 @@ if TYPE_CHECKING:
 def unlabeled_round_cases(keys: list[str], limit: int | None, seed: int, round_index: int, rank: int = 0,
                           world_size: int = 1) -> list[str]:
     """Step 1: this rank's unlabeled cases of a round (sorted; a sample seeded by the round when capped)."""
-    keys = sorted(keys)
-    if limit is not None and limit < len(keys):
-        rng = np.random.RandomState((seed + 15485863 + 7919 * round_index) % 2**32)
-        keys = sorted(rng.choice(keys, limit, replace=False).tolist())
-    return shard_cases(keys, rank, world_size) if world_size > 1 else keys
+    return sample_cases(keys, limit, seed + 15485863 + 7919 * round_index, rank, world_size)
 
 
 def run_unlabeled_round(trainer: nnUNetTrainerMAPO_Unlabeled) -> tuple[PreferenceSet, dict[str, float]]:
@@ -45,22 +47,17 @@ def run_unlabeled_round(trainer: nnUNetTrainerMAPO_Unlabeled) -> tuple[Preferenc
         ``mapo_unlabeled_seconds``.
     """
     started = time()
-    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if trainer.is_ddp else (0, 1)
     keys = unlabeled_round_cases(trainer.mapo_unlabeled_keys, trainer.mapo_unlabeled_cases_per_round,
-                                 trainer.mapo_seed, trainer.mapo_round_index, rank, world)
+                                 trainer.mapo_seed, trainer.mapo_round_index, *this_rank(trainer))
     items_per_forward = max(1, trainer.mapo_round_batch_size // trainer.mapo_num_hypotheses)
     generator = torch.Generator(device=trainer.device)
     generator.manual_seed(trainer.mapo_seed + 1000003 * trainer.mapo_round_index + 499 + trainer.local_rank)
-    numpy_state = np.random.get_state()  # nnU-Net's loader places the patches with the global generator
-    np.random.seed((trainer.mapo_seed + 15485863 + 7919 * trainer.mapo_round_index + trainer.local_rank) % 2**32)
-    try:
+    with numpy_seeded(trainer.mapo_seed + 15485863 + 7919 * trainer.mapo_round_index + trainer.local_rank):
         dataset = nnUNetDatasetBlosc2(trainer.mapo_unlabeled_cache, keys) if keys else None
         found = generate_with_settings(trainer, round_batches(trainer, keys, items_per_forward, dataset),
                                        items_per_forward, generator, mirror_axes=pair_mirror_axes(trainer),
                                        pairing="ground_truth", objectives=("dice",),
                                        label_free_confidence=trainer.mapo_unlabeled_confidence)
-    finally:
-        np.random.set_state(numpy_state)
     found = gather_preference_set(found)
     stats = {"mapo_unlabeled_pairs": float(len(found)), "mapo_unlabeled_items": float(found.num_items),
              "mapo_unlabeled_seconds": time() - started}
